@@ -1,0 +1,45 @@
+"""FHIR adapters: client (fhirpy), compartment pulls, normalization (fhir.resources R4B), the store."""
+
+from fhir_adapters.access import AccessFilter
+from fhir_adapters.client import FhirClient
+from fhir_adapters.errors import FhirAdapterError, FhirAuthError, FhirServerError, SyncNotFound
+from fhir_adapters.normalize import CLINICAL_TYPES, Fact, InvalidResource, project, validate
+from fhir_adapters.repository import (
+    create_sync_run,
+    existing_refs,
+    fact_codes,
+    fail_stale_runs,
+    get_resource,
+    get_resources,
+    get_sync_run,
+    latest_sync_run,
+    list_facts,
+    update_sync_run,
+)
+from fhir_adapters.sync import PullResult, Puller
+
+__all__ = [
+    "CLINICAL_TYPES",
+    "AccessFilter",
+    "Fact",
+    "FhirAdapterError",
+    "FhirAuthError",
+    "FhirClient",
+    "FhirServerError",
+    "InvalidResource",
+    "PullResult",
+    "Puller",
+    "SyncNotFound",
+    "create_sync_run",
+    "existing_refs",
+    "fact_codes",
+    "fail_stale_runs",
+    "get_resource",
+    "get_resources",
+    "get_sync_run",
+    "latest_sync_run",
+    "list_facts",
+    "project",
+    "update_sync_run",
+    "validate",
+]

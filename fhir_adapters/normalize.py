@@ -1,0 +1,256 @@
+"""Normalization: validate a FHIR R4 resource (fhir.resources R4B models) and project it to a fact.
+
+Pure functions, no I/O. Projections follow the FHIR R4 resource pages: Observation (effective[x],
+value[x], component), MedicationRequest (medication[x], authoredOn, dosageInstruction), Condition
+(onset[x], clinicalStatus), AllergyIntolerance, Immunization (vaccineCode, occurrence[x]), Procedure
+(performed[x]), Encounter (class, type, period), DocumentReference (type, date, context).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+CLINICAL_TYPES = frozenset(
+    {
+        "Observation",
+        "MedicationRequest",
+        "Condition",
+        "AllergyIntolerance",
+        "Immunization",
+        "Procedure",
+        "Encounter",
+        "DocumentReference",
+    }
+)
+SUPPORT_TYPES = frozenset({"Patient", "Medication", "Binary"})
+PREFERRED_SYSTEMS = (
+    "http://loinc.org",
+    "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "http://snomed.info/sct",
+    "http://hl7.org/fhir/sid/cvx",
+)
+
+
+class InvalidResource(ValueError):
+    """A resource failed validation. ``reason`` names locations and error types, never values."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Fact:
+    """The typed projection of one clinical resource (see ``fhir_adapters.tables.ClinicalFact``)."""
+
+    resource_type: str
+    id: str
+    category: str | None = None
+    code_system: str | None = None
+    code: str | None = None
+    display: str | None = None
+    status: str | None = None
+    date: datetime | None = None
+    end_date: datetime | None = None
+    value_num: float | None = None
+    value_text: str | None = None
+    unit: str | None = None
+    encounter_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def content_hash(resource: dict[str, Any]) -> str:
+    return hashlib.sha256(
+        json.dumps(resource, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def validate(resource: Any) -> dict[str, Any]:
+    """Validate against the R4B model of its type; return the resource unchanged (raw JSON kept)."""
+    if not isinstance(resource, dict):
+        raise InvalidResource("not a JSON object")
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        raise InvalidResource("missing resourceType")
+    if not isinstance(resource.get("id"), str) or not resource["id"]:
+        raise InvalidResource(f"{rtype} without id")
+    try:
+        model = get_fhir_model_class(rtype)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        raise InvalidResource(f"unknown resourceType {rtype[:40]!r}") from None
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        parts = sorted(
+            {f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['type']}" for e in exc.errors()}
+        )
+        raise InvalidResource("; ".join(parts[:10])) from None
+    return resource
+
+
+def parse_date(value: Any) -> datetime | None:
+    """FHIR date/dateTime/instant → aware datetime (partial dates at their start, UTC)."""
+    if not isinstance(value, str) or not value:
+        return None
+    v = value.strip()
+    try:
+        if len(v) == 4:
+            return datetime(int(v), 1, 1, tzinfo=UTC)
+        if len(v) == 7:
+            return datetime(int(v[:4]), int(v[5:7]), 1, tzinfo=UTC)
+        if len(v) == 10:
+            return datetime.fromisoformat(v).replace(tzinfo=UTC)
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def ref_id(ref: Any, rtype: str | None = None) -> str | None:
+    """``{"reference": "Type/id"}`` → ``id`` (optionally only for a given type)."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
+        return None
+    parts = ref["reference"].split("/")
+    if len(parts) < 2 or (rtype is not None and parts[-2] != rtype):
+        return None
+    return parts[-1]
+
+
+def coding(concept: Any) -> tuple[str | None, str | None, str | None]:
+    """A CodeableConcept's (system, code, display), preferring standard terminologies."""
+    if not isinstance(concept, dict):
+        return None, None, None
+    codings = [c for c in concept.get("coding") or [] if isinstance(c, dict)]
+    codings.sort(
+        key=lambda c: PREFERRED_SYSTEMS.index(c["system"])
+        if c.get("system") in PREFERRED_SYSTEMS
+        else len(PREFERRED_SYSTEMS)
+    )
+    first = codings[0] if codings else {}
+    display = concept.get("text") or first.get("display")
+    return first.get("system"), first.get("code"), display
+
+
+def _first(resource: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        value = resource
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return value
+    return None
+
+
+def _quantity(q: Any) -> tuple[float | None, str | None]:
+    if not isinstance(q, dict) or q.get("value") is None:
+        return None, None
+    return float(q["value"]), q.get("unit") or q.get("code")
+
+
+def _observation(r: dict[str, Any], f: Fact) -> None:
+    f.category = coding((r.get("category") or [{}])[0])[1]
+    f.date = parse_date(_first(r, "effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued"))
+    f.value_num, f.unit = _quantity(r.get("valueQuantity"))
+    if f.value_num is None:
+        f.value_text = r.get("valueString") or coding(r.get("valueCodeableConcept"))[2]
+    components = []
+    for comp in r.get("component") or []:
+        _, code, display = coding(comp.get("code"))
+        value, unit = _quantity(comp.get("valueQuantity"))
+        components.append({"code": code, "display": display, "value": value, "unit": unit})
+    if components:
+        f.detail["components"] = components
+
+
+def _medication_request(r: dict[str, Any], f: Fact, medications: dict[str, dict[str, Any]]) -> None:
+    concept = r.get("medicationCodeableConcept")
+    med_id = ref_id(r.get("medicationReference"), "Medication")
+    if concept is None and med_id and med_id in medications:
+        concept = medications[med_id].get("code")
+        f.detail["medication_id"] = med_id
+    f.code_system, f.code, f.display = coding(concept)
+    if f.display is None and isinstance(r.get("medicationReference"), dict):
+        f.display = r["medicationReference"].get("display")
+    f.category = r.get("intent")
+    f.date = parse_date(r.get("authoredOn"))
+    f.end_date = parse_date(_first(r, "dispenseRequest.validityPeriod.end"))
+    dosage = [d.get("text") for d in r.get("dosageInstruction") or [] if d.get("text")]
+    if dosage:
+        f.detail["dosage"] = "; ".join(dosage)
+    requester = r.get("requester")
+    if isinstance(requester, dict) and requester.get("display"):
+        f.detail["requester"] = requester["display"]
+
+
+def project(
+    resource: dict[str, Any], *, medications: dict[str, dict[str, Any]] | None = None,
+    note_text: str | None = None,
+) -> Fact | None:
+    """Project a validated clinical resource to a ``Fact``; ``None`` for non-clinical types."""
+    rtype = resource["resourceType"]
+    if rtype not in CLINICAL_TYPES:
+        return None
+    f = Fact(resource_type=rtype, id=resource["id"], status=resource.get("status"))
+    f.code_system, f.code, f.display = coding(resource.get("code"))
+    f.encounter_id = ref_id(resource.get("encounter"), "Encounter")
+    if rtype == "Observation":
+        _observation(resource, f)
+    elif rtype == "MedicationRequest":
+        _medication_request(resource, f, medications or {})
+    elif rtype == "Condition":
+        f.status = coding(resource.get("clinicalStatus"))[1]
+        f.category = coding((resource.get("category") or [{}])[0])[1]
+        f.date = parse_date(_first(resource, "onsetDateTime", "onsetPeriod.start", "recordedDate"))
+        f.end_date = parse_date(_first(resource, "abatementDateTime", "abatementPeriod.end"))
+        f.detail["verification"] = coding(resource.get("verificationStatus"))[1]
+    elif rtype == "AllergyIntolerance":
+        f.status = coding(resource.get("clinicalStatus"))[1]
+        f.category = ",".join(resource.get("category") or []) or None
+        f.date = parse_date(_first(resource, "onsetDateTime", "recordedDate"))
+        f.detail["criticality"] = resource.get("criticality")
+        f.detail["reactions"] = sorted(
+            {
+                d
+                for reaction in resource.get("reaction") or []
+                for m in reaction.get("manifestation") or []
+                if (d := coding(m)[2])
+            }
+        )
+    elif rtype == "Immunization":
+        f.code_system, f.code, f.display = coding(resource.get("vaccineCode"))
+        f.date = parse_date(_first(resource, "occurrenceDateTime", "recorded"))
+    elif rtype == "Procedure":
+        f.date = parse_date(_first(resource, "performedDateTime", "performedPeriod.start"))
+    elif rtype == "Encounter":
+        f.code_system, f.code, f.display = coding((resource.get("type") or [{}])[0])
+        cls = resource.get("class")
+        f.category = cls.get("code") if isinstance(cls, dict) else None
+        f.date = parse_date(_first(resource, "period.start"))
+        f.end_date = parse_date(_first(resource, "period.end"))
+        reasons = [coding(c)[2] for c in resource.get("reasonCode") or []]
+        f.detail["reasons"] = [r for r in reasons if r]
+        f.encounter_id = resource["id"]
+    elif rtype == "DocumentReference":
+        f.code_system, f.code, f.display = coding(resource.get("type"))
+        f.date = parse_date(_first(resource, "date", "context.period.start"))
+        encounters = _first(resource, "context.encounter") or []
+        f.encounter_id = ref_id(encounters[0], "Encounter") if encounters else None
+        f.value_text = note_text
+    return f
+
+
+def note_attachments(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The text attachments of a DocumentReference (inline ``data`` or a ``url``)."""
+    out = []
+    for content in resource.get("content") or []:
+        att = content.get("attachment") if isinstance(content, dict) else None
+        if isinstance(att, dict) and str(att.get("contentType", "text/plain")).startswith("text/"):
+            out.append(att)
+    return out

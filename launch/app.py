@@ -1,0 +1,96 @@
+"""``create_app(settings)``: the FastAPI app with a lifespan that opens the database, checks the
+migrations, loads the embedding model and hands everything to the routers as typed state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx2
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from fhir_adapters import fail_stale_runs
+from launch import logs
+from launch.db import Database, create_engine, open_database, require_migrated
+from launch.settings import Settings
+from rag import load_embedder
+from smart_app import AppConfig, AppState, ClientConfig, SmartClient, SyncJobs, TokenCipher, install_routes, new_key_b64
+
+log = logging.getLogger("chartcite")
+
+
+def token_key(settings: Settings) -> str:
+    """The token encryption key: configured, or (dev only) generated once into the data dir."""
+    if settings.token_key is not None:
+        return settings.token_key.get_secret_value()
+    if settings.env != "dev":
+        raise RuntimeError("CHARTCITE_TOKEN_KEY is required outside dev")
+    path: Path = settings.data_dir / "token.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new_key_b64())
+    return path.read_text().strip()
+
+
+def app_config(settings: Settings) -> AppConfig:
+    return AppConfig(
+        base_url=settings.base_url,
+        client=ClientConfig(
+            client_id=settings.client_id, redirect_uri=settings.redirect_uri, scope=settings.scopes,
+            client_secret=settings.client_secret.get_secret_value() if settings.client_secret else None,
+        ),
+        iss_allowlist=tuple(i.rstrip("/") for i in settings.iss_allowlist),
+        state_ttl_seconds=settings.state_ttl_seconds,
+        session_ttl_seconds=settings.session_ttl_seconds,
+        secure_cookies=settings.secure_cookies,
+        sync_page_size=settings.sync_page_size,
+    )
+
+
+def create_app(
+    settings: Settings, *, database: Database | None = None, mounts: dict[str, ASGIApp] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> FastAPI:
+    """Build the app; nothing is opened until the lifespan runs."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = database or open_database(settings)
+        engine = create_engine(db)
+        try:
+            await require_migrated(engine)
+            embedder = load_embedder(settings.resolved_model_dir, threads=settings.embed_threads)
+            cipher = TokenCipher.from_b64(token_key(settings))
+            async with httpx2.AsyncClient(timeout=settings.http_timeout_seconds) as http:
+                state = AppState(
+                    config=app_config(settings), engine=engine, cipher=cipher,
+                    smart=SmartClient(http, discovery_ttl=settings.discovery_ttl_seconds), embedder=embedder,
+                )
+                state.jobs = SyncJobs(state)
+                async with engine.begin() as conn:
+                    await fail_stale_runs(conn, older_than=datetime.now(UTC) - timedelta(minutes=30))
+                app.state.chartcite = state
+                if on_ready is not None:
+                    on_ready()
+                yield
+                await state.jobs.shutdown()
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="chartcite", version="0.1.0", lifespan=lifespan,
+        description="Answers questions about the launched patient with validated FHIR citations.",
+    )
+    app.middleware("http")(logs.access_middleware)
+    install_routes(app)
+    for path, sub in (mounts or {}).items():
+        app.mount(path, sub)
+    return app

@@ -1,0 +1,221 @@
+"""``chartcite``: demo, serve, db upgrade, audit verify, model build, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from launch.settings import Settings
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "data_dir", None):
+        values["data_dir"] = Path(args.data_dir).expanduser().resolve()
+    if getattr(args, "port", None):
+        values["port"] = args.port
+    if getattr(args, "host", None):
+        values["host"] = args.host
+    try:
+        return Settings(**values)
+    except ValueError as exc:
+        sys.exit(f"chartcite: invalid settings: {exc}")
+
+
+async def _upgrade(settings: Settings, database: Any = None) -> tuple[str | None, str]:
+    from launch.db import create_engine, open_database, upgrade
+
+    db = database or open_database(settings)
+    engine = create_engine(db, pool_size=1)
+    try:
+        return await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from launch.db import DatabaseError
+
+    settings = _settings(args, env="dev" if args.dev else None)
+    try:
+        before, after = asyncio.run(_upgrade(settings))
+    except DatabaseError as exc:
+        print(f"chartcite: {exc}", file=sys.stderr)
+        return 2
+    print(f"database schema: {before or 'empty'} -> {after}")
+    return 0
+
+
+async def _verify(settings: Settings) -> tuple[int, Any]:
+    from launch.db import create_engine, open_database, require_migrated
+    from smart_app import iter_audit, verify_chain
+
+    engine = create_engine(open_database(settings), pool_size=1)
+    try:
+        await require_migrated(engine)
+        async with engine.connect() as conn:
+            rows = [r async for r in iter_audit(conn)]
+        report = verify_chain(rows)
+        return report.rows, report
+    finally:
+        await engine.dispose()
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from launch.db import DatabaseError
+
+    settings = _settings(args, env="dev" if args.dev else None)
+    try:
+        n, report = asyncio.run(_verify(settings))
+    except DatabaseError as exc:
+        print(f"chartcite: {exc}", file=sys.stderr)
+        return 2
+    if report.ok:
+        print(f"audit chain OK: {n} records verified")
+        return 0
+    print(f"audit chain BROKEN at seq {report.first_bad_seq}: {report.reason}", file=sys.stderr)
+    return 1
+
+
+def cmd_model_build(args: argparse.Namespace) -> int:
+    from rag.model_build import ModelBuildError, build_onnx_model
+
+    settings = _settings(args, env="dev")
+    try:
+        path = build_onnx_model(settings.resolved_model_dir, force=args.force, progress=print)
+    except ModelBuildError as exc:
+        print(f"chartcite: {exc}", file=sys.stderr)
+        return 2
+    print(f"embedding model ready in {path}")
+    return 0
+
+
+def _ensure_model(settings: Settings) -> None:
+    from rag import ModelNotBuiltError, load_embedder
+
+    try:
+        load_embedder(settings.resolved_model_dir)
+    except ModelNotBuiltError:
+        from rag.model_build import ModelBuildError, build_onnx_model
+
+        print("building the embedding model once (ONNX export)…")
+        try:
+            build_onnx_model(settings.resolved_model_dir, progress=print)
+        except ModelBuildError as exc:
+            sys.exit(f"chartcite: {exc}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from launch import logs
+    from launch.db import DatabaseError, open_database
+    from launch.server import build_demo, sandbox_store
+
+    started = time.perf_counter()
+    logs.configure()
+    settings = _settings(args, env="dev")
+    _ensure_model(settings)
+    database = open_database(settings)
+    try:
+        before, after = asyncio.run(_upgrade(settings, database))
+    except DatabaseError as exc:
+        print(f"chartcite: {exc}", file=sys.stderr)
+        return 2
+    if before != after:
+        print(f"database schema: {before or 'empty'} -> {after}")
+    store = sandbox_store(patients=args.patients, data=Path(args.data) if args.data else None)
+    base = settings.base_url
+
+    def ready() -> None:
+        print(
+            f"\nchartcite demo ready in {time.perf_counter() - started:.1f}s at {base}\n"
+            f"  data:        {database.describe()}\n"
+            f"  sandbox EHR: {base}/ehr/  ({len(store.patients())} patients; click Launch)\n"
+            f"  FHIR base:   {base}/ehr/fhir\n"
+            f"  API docs:    {base}/docs\n",
+            flush=True,
+        )
+
+    demo = build_demo(settings, store, database=database, on_ready=ready)
+    uvicorn.run(demo.app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from launch import logs
+    from launch.app import create_app
+
+    logs.configure()
+    settings = _settings(args)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False,
+                log_level="warning", workers=None)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from launch.bench import run_bench
+
+    return run_bench(asks=args.asks, patients=args.patients, data=Path(args.data) if args.data else None)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chartcite", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, server: bool = False) -> None:
+        sp.add_argument("--data-dir", help="where the embedded database and keys live")
+        if server:
+            sp.add_argument("--port", type=int, help="port (default 8000)")
+            sp.add_argument("--host", help="interface (default 127.0.0.1)")
+
+    demo = sub.add_parser("demo", help="run everything locally: embedded Postgres, sandbox EHR, app")
+    common(demo, server=True)
+    demo.add_argument("--patients", type=int, default=20, help="synthetic patients (default 20)")
+    demo.add_argument("--data", help="load FHIR R4 Bundles/NDJSON from this folder instead")
+    demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="serve for real EHRs (settings from environment/.env)")
+    common(serve, server=True)
+    serve.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database commands").add_subparsers(dest="db_command", required=True)
+    up = db.add_parser("upgrade", help="apply migrations")
+    common(up)
+    up.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    audit = sub.add_parser("audit", help="audit trail").add_subparsers(dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="verify the hash chain; exits 1 on a break")
+    common(verify)
+    verify.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
+    verify.set_defaults(func=cmd_audit_verify)
+
+    model = sub.add_parser("model", help="embedding model").add_subparsers(dest="model_command", required=True)
+    build = model.add_parser("build", help="convert the packaged MiniLM to ONNX once (needs torch)")
+    common(build)
+    build.add_argument("--force", action="store_true")
+    build.set_defaults(func=cmd_model_build)
+
+    bench = sub.add_parser("bench", help="measure demo start, sync and ask latency")
+    bench.add_argument("--asks", type=int, default=50)
+    bench.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
+    bench.add_argument("--data", help="FHIR folder for the sandbox (e.g. Synthea output)")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

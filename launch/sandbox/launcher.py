@@ -1,0 +1,180 @@
+"""The EHR side of an EHR launch (SMART App Launch 2.x §"EHR Launch") and the sandbox's pages.
+
+- ``GET /launch?patient=<id>[&practitioner=<id>][&encounter=<id>][&scope=<space separated>]
+  [&deny=1]`` records a launch context and redirects the browser to
+  ``{app_launch_url}?iss={base}/fhir&launch=<opaque id>``.
+- ``GET /patients``: ``[{"id", "name"}]``; ``GET /``: a self-contained HTML patient list with a
+  Launch button per patient; ``GET /smart-style.json``: the ``smart_style_url`` document.
+Errors here are JSON ``{"error": code, "error_description": message}``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from launch.sandbox.config import SandboxConfig
+from launch.sandbox.errors import NotFound, SandboxError
+from launch.sandbox.launch_context import LaunchRegistry, default_fhir_user
+from launch.sandbox.scopes import split_scope
+from launch.sandbox.store import Resource, SandboxStore
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+SMART_STYLE = {
+    "color_background": "#f6f7f9",
+    "color_error": "#b3261e",
+    "color_highlight": "#1f6feb",
+    "color_modal_backdrop": "",
+    "color_success": "#1a7f37",
+    "color_text": "#1f2328",
+    "dim_border_radius": "6px",
+    "dim_font_size": "14px",
+    "dim_spacing_size": "16px",
+    "font_family_body": "system-ui, sans-serif",
+    "font_family_heading": "system-ui, sans-serif",
+}
+
+
+def display_name(patient: Resource) -> str:
+    """``Given Family`` from the first HumanName (``text`` if that is all there is)."""
+    names = patient.get("name") or []
+    if not names:
+        return ""
+    first = names[0]
+    given = " ".join(first.get("given") or [])
+    joined = " ".join(p for p in (given, first.get("family") or "") if p)
+    return joined or str(first.get("text") or "")
+
+
+def _json_errors(handler: Handler) -> Handler:
+    @wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except SandboxError as error:
+            body = {"error": error.code, "error_description": error.message}
+            return JSONResponse(body, status_code=error.status)
+
+    return endpoint
+
+
+class Launcher:
+    """Launch redirects and the patient pages."""
+
+    def __init__(
+        self, config: SandboxConfig, store: SandboxStore, launches: LaunchRegistry
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.launches = launches
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.index),
+            Route("/patients", self.patients),
+            Route("/launch", _json_errors(self.launch)),
+            Route("/smart-style.json", self.smart_style),
+        ]
+
+    async def launch(self, request: Request) -> Response:
+        params = request.query_params
+        patient_id = params.get("patient") or ""
+        if self.store.get("Patient", patient_id) is None:
+            raise NotFound("Unknown patient.", code="unknown_patient")
+        practitioner = params.get("practitioner")
+        if practitioner:
+            if self.store.get("Practitioner", practitioner) is None:
+                raise NotFound("Unknown practitioner.", code="unknown_practitioner")
+            fhir_user = f"Practitioner/{practitioner}"
+        else:
+            fhir_user = default_fhir_user(self.store)
+        encounter = params.get("encounter") or None
+        if (
+            encounter is not None
+            and self.store.compartment_owner("Encounter", encounter) != patient_id
+        ):
+            raise NotFound("Unknown encounter for this patient.", code="unknown_encounter")
+        scope = params.get("scope")
+        context = self.launches.create(
+            patient=patient_id,
+            fhir_user=fhir_user,
+            encounter=encounter,
+            scope_restriction=tuple(split_scope(scope)) if scope and scope.strip() else None,
+            deny=params.get("deny") in ("1", "true"),
+        )
+        query = urlencode({"iss": self.config.fhir_base, "launch": context.launch_id})
+        separator = "&" if "?" in self.config.app_launch_url else "?"
+        return RedirectResponse(f"{self.config.app_launch_url}{separator}{query}", status_code=302)
+
+    async def patients(self, request: Request) -> Response:
+        return JSONResponse(
+            [{"id": p["id"], "name": display_name(p)} for p in self.store.patients()]
+        )
+
+    async def smart_style(self, request: Request) -> Response:
+        return JSONResponse(SMART_STYLE)
+
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(render_index(self.store.patients()))
+
+
+def render_index(patients: list[dict[str, Any]]) -> str:
+    """The patient list page; every value is HTML-escaped, links are relative."""
+    rows = []
+    for patient in patients:
+        pid = html.escape(str(patient["id"]), quote=True)
+        href = html.escape("launch?" + urlencode({"patient": patient["id"]}), quote=True)
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(display_name(patient))}</td>"
+            f"<td>{html.escape(str(patient.get('birthDate') or ''))}</td>"
+            f"<td>{html.escape(str(patient.get('gender') or ''))}</td>"
+            f'<td><a class="launch" href="{href}" data-patient-id="{pid}">Launch</a></td>'
+            "</tr>"
+        )
+    body = "\n".join(rows) or '<tr><td colspan="4">No patients loaded.</td></tr>'
+    return _PAGE.replace("{rows}", body)
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sandbox EHR</title>
+<style>
+  body { font: 15px/1.5 system-ui, sans-serif; margin: 0; background: #f6f7f9; color: #1f2328; }
+  header { background: #24292f; color: #fff; padding: 12px 24px; }
+  header h1 { font-size: 18px; margin: 0; }
+  main { max-width: 880px; margin: 24px auto; padding: 0 16px; }
+  table { width: 100%; border-collapse: collapse; background: #fff; border-radius: 6px;
+          box-shadow: 0 1px 3px rgba(0,0,0,.12); overflow: hidden; }
+  th, td { text-align: left; padding: 10px 14px; border-bottom: 1px solid #e5e7eb; }
+  th { background: #f0f2f5; font-weight: 600; }
+  a.launch { display: inline-block; padding: 4px 14px; border-radius: 6px; background: #1f6feb;
+             color: #fff; text-decoration: none; }
+  a.launch:hover { background: #1a5fcc; }
+</style>
+</head>
+<body>
+<header><h1>Sandbox EHR &mdash; patients</h1></header>
+<main>
+<p>Choose a patient to launch the app in their chart.</p>
+<table>
+<thead><tr><th>Name</th><th>Birth date</th><th>Gender</th><th></th></tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+</main>
+</body>
+</html>
+"""

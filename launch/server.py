@@ -1,0 +1,99 @@
+"""Composition of the demo: the sandbox EHR mounted at ``/ehr`` beside the app, and a uvicorn
+server that can run in the foreground (``chartcite demo``) or in a thread (tests, ``chartcite bench``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from launch.app import create_app
+from launch.db import Database
+from launch.sandbox import (
+    SandboxClient,
+    SandboxConfig,
+    SandboxStore,
+    create_sandbox_app,
+    generate_patients,
+    load_fhir_dir,
+)
+from launch.settings import Settings
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def sandbox_store(*, patients: int = 20, data: Path | None = None, seed: int = 7) -> SandboxStore:
+    resources = load_fhir_dir(data) if data else generate_patients(n_patients=patients, seed=seed, today=date.today())
+    return SandboxStore(resources)
+
+
+@dataclass
+class Demo:
+    settings: Settings
+    app: FastAPI
+    store: SandboxStore
+
+    @property
+    def iss(self) -> str:
+        return f"{self.settings.base_url}/ehr/fhir"
+
+
+def build_demo(settings: Settings, store: SandboxStore, *, database: Database | None = None,
+               on_ready: object = None) -> Demo:
+    """The app with the sandbox EHR at ``/ehr``; the sandbox's FHIR base is on the allow-list."""
+    base = settings.base_url
+    iss = f"{base}/ehr/fhir"
+    if iss not in settings.iss_allowlist:
+        settings = settings.model_copy(update={"iss_allowlist": [*settings.iss_allowlist, iss]})
+    sandbox = create_sandbox_app(
+        SandboxConfig(
+            base_url=f"{base}/ehr",
+            app_launch_url=f"{base}/launch",
+            clients=(SandboxClient(client_id=settings.client_id, redirect_uris=(settings.redirect_uri,)),),
+            signing_key_path=settings.data_dir / "sandbox-signing-key.json",
+        ),
+        store,
+    )
+    app = create_app(settings, database=database, mounts={"/ehr": sandbox}, on_ready=on_ready)  # type: ignore[arg-type]
+    return Demo(settings=settings, app=app, store=store)
+
+
+class BackgroundServer:
+    """uvicorn in a daemon thread with its own event loop; ``start()`` waits until it serves."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self._run, daemon=True, name="chartcite-server")
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.server.serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            self.error = exc
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start ({self.error!r})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -1,0 +1,81 @@
+"""Settings: the only module that reads the environment (``CHARTCITE_`` prefix, ``.env`` supported).
+
+``DATABASE_URL`` (without prefix) is honoured too, because that is what hosting platforms set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SCOPES = "launch openid fhirUser offline_access patient/*.rs"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded database, the key file and the model live unless told otherwise."""
+    return Path(platformdirs.user_data_dir("chartcite", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Secrets are ``SecretStr``; placeholders are refused outside dev."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHARTCITE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["dev", "prod"] = "prod"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "CHARTCITE_DATABASE_URL")
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+    """Public base URL of the app (no trailing slash); derived from host/port when empty."""
+
+    iss_allowlist: list[str] = Field(default_factory=list)
+    """FHIR base URLs allowed as ``iss``. The demo adds its own sandbox."""
+    client_id: str = "chartcite"
+    client_secret: SecretStr | None = None
+    scopes: str = DEFAULT_SCOPES
+
+    token_key: SecretStr | None = None
+    """Base64 of 32 bytes; encrypts OAuth tokens at rest. Dev generates one in the data dir."""
+    state_ttl_seconds: int = 600
+    session_ttl_seconds: int = 8 * 3600
+    discovery_ttl_seconds: int = 300
+    http_timeout_seconds: float = 20.0
+
+    model_dir: Path | None = None
+    embed_threads: int | None = None
+    question_max_chars: int = 2000
+    sync_page_size: int = 200
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.env != "dev":
+            if self.token_key is None:
+                raise ValueError("CHARTCITE_TOKEN_KEY is required outside dev (base64 of 32 bytes)")
+            if not self.iss_allowlist:
+                raise ValueError("CHARTCITE_ISS_ALLOWLIST is required outside dev")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.base_url}/callback"
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or (self.data_dir / "models" / "all-MiniLM-L6-v2")
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://")

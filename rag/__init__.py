@@ -1,0 +1,26 @@
+"""Retrieval and answers: chunking, embeddings, hybrid retrieval, intents, citation validation."""
+
+from rag.answer import AnswerBody, CitationInfo, Statement
+from rag.ask import answer_question
+from rag.embeddings import Embedder, ModelNotBuiltError, OnnxEmbedder, load_embedder
+from rag.errors import AnswerNotFound, QuestionRejected, RagError
+from rag.index import IndexResult, index_patient
+from rag.repository import get_answer, hybrid_search
+
+__all__ = [
+    "AnswerBody",
+    "AnswerNotFound",
+    "CitationInfo",
+    "Embedder",
+    "IndexResult",
+    "ModelNotBuiltError",
+    "OnnxEmbedder",
+    "QuestionRejected",
+    "RagError",
+    "Statement",
+    "answer_question",
+    "get_answer",
+    "hybrid_search",
+    "index_patient",
+    "load_embedder",
+]

@@ -1,0 +1,163 @@
+"""All SQL of the index: concepts, chunks, hybrid retrieval (one statement) and answers.
+
+Every chart query takes an ``AccessFilter``: one patient, allowed types. Per-patient vector search
+is an exact scan over the patient's rows (btree on ``patient_id``), never an ANN index.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, insert, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_adapters import AccessFilter
+from rag.chunking import ChunkDraft
+from rag.tables import Answer, Chunk, Concept
+
+_concept = Concept.__table__  # type: ignore[attr-defined]
+_chunk = Chunk.__table__  # type: ignore[attr-defined]
+_answer = Answer.__table__  # type: ignore[attr-defined]
+
+
+def vector_literal(vec: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in vec.tolist()) + "]"
+
+
+async def known_concepts(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+    if not ids:
+        return set()
+    rows = await conn.execute(select(_concept.c.id).where(_concept.c.id.in_(list(ids))))
+    return {r.id for r in rows}
+
+
+async def add_concepts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(pg_insert(_concept).values(list(rows)).on_conflict_do_nothing())
+
+
+async def chunk_hashes(
+    conn: AsyncConnection, access: AccessFilter, refs: Sequence[tuple[str, str]]
+) -> dict[str, tuple[str, Any]]:
+    """Existing chunks of these resources: ``{chunk id: (content_hash, embedding)}``."""
+    if not refs:
+        return {}
+    rows = await conn.execute(
+        select(_chunk.c.id, _chunk.c.content_hash, _chunk.c.embedding).where(
+            _chunk.c.patient_id == access.patient_id,
+            tuple_(_chunk.c.resource_type, _chunk.c.resource_id).in_(list(refs)),
+        )
+    )
+    return {r.id: (r.content_hash, r.embedding) for r in rows}
+
+
+async def replace_chunks(
+    conn: AsyncConnection, access: AccessFilter, refs: Sequence[tuple[str, str]],
+    drafts: Sequence[tuple[ChunkDraft, str | None, Any]],
+) -> None:
+    """Replace the chunks of ``refs`` with ``(draft, concept_id, embedding)`` rows."""
+    if refs:
+        await conn.execute(
+            delete(_chunk).where(
+                _chunk.c.patient_id == access.patient_id,
+                tuple_(_chunk.c.resource_type, _chunk.c.resource_id).in_(list(refs)),
+            )
+        )
+    rows = [
+        {
+            "patient_id": access.patient_id, "id": d.id, "resource_type": d.resource_type,
+            "resource_id": d.resource_id, "encounter_id": d.encounter_id, "date": d.date,
+            "kind": d.kind, "text": d.text, "content_hash": d.content_hash,
+            "concept_id": concept_id, "embedding": emb,
+        }
+        for d, concept_id, emb in drafts
+    ]
+    for i in range(0, len(rows), 500):
+        await conn.execute(insert(_chunk).values(rows[i : i + 500]))
+
+
+_HYBRID = text(
+    """
+WITH q AS (
+    SELECT CAST(:qvec AS vector) AS v,
+           CASE WHEN :qtext = '' THEN NULL ELSE to_tsquery('english', :qtext) END AS tq
+),
+vec AS (
+    SELECT c.id, row_number() OVER (ORDER BY COALESCE(c.embedding, k.embedding) <=> q.v) AS r,
+           1 - (COALESCE(c.embedding, k.embedding) <=> q.v) AS similarity
+    FROM chunk c LEFT JOIN concept k ON k.id = c.concept_id, q
+    WHERE c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[]))
+    ORDER BY COALESCE(c.embedding, k.embedding) <=> q.v
+    LIMIT :k
+),
+fts AS (
+    SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.id) AS r
+    FROM chunk c, q
+    WHERE c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[])) AND c.tsv @@ q.tq
+    ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.id
+    LIMIT :k
+)
+SELECT c.id, c.resource_type, c.resource_id, c.encounter_id, c.date, c.kind, c.text,
+       vec.r AS vec_rank, fts.r AS fts_rank, vec.similarity,
+       COALESCE(1.0 / (:rrf_k + vec.r), 0) + COALESCE(1.0 / (:rrf_k + fts.r), 0) AS score
+FROM (SELECT id FROM vec UNION SELECT id FROM fts) hits
+JOIN chunk c ON c.patient_id = :pid AND c.id = hits.id
+LEFT JOIN vec ON vec.id = hits.id
+LEFT JOIN fts ON fts.id = hits.id
+ORDER BY score DESC, c.id
+LIMIT :n
+"""
+)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    resource_type: str
+    resource_id: str
+    encounter_id: str | None
+    date: datetime | None
+    kind: str
+    text: str
+    vec_rank: int | None
+    fts_rank: int | None
+    similarity: float | None
+    score: float
+
+
+async def hybrid_search(
+    conn: AsyncConnection, access: AccessFilter, *, query_vector: np.ndarray, terms: Sequence[str],
+    types: Sequence[str] | None = None, k: int = 40, n: int = 12, rrf_k: int = 60,
+) -> list[Hit]:
+    """Exact vector + full-text search inside one patient, fused by reciprocal rank, one statement."""
+    allowed = sorted(access.resource_types if types is None else set(types) & access.resource_types)
+    if not allowed:
+        return []
+    rows = await conn.execute(
+        _HYBRID,
+        {
+            "qvec": vector_literal(query_vector), "qtext": " | ".join(terms), "pid": access.patient_id,
+            "types": allowed, "k": k, "n": n, "rrf_k": rrf_k,
+        },
+    )
+    return [Hit(**dict(r)) for r in rows.mappings()]
+
+
+async def save_answer(conn: AsyncConnection, access: AccessFilter, answer_id: uuid.UUID, body: dict[str, Any]) -> None:
+    await conn.execute(
+        insert(_answer).values(
+            id=answer_id, patient_id=access.patient_id, created_at=datetime.now(UTC), body=body
+        )
+    )
+
+
+async def get_answer(conn: AsyncConnection, access: AccessFilter, answer_id: uuid.UUID) -> dict[str, Any] | None:
+    return await conn.scalar(
+        select(_answer.c.body).where(_answer.c.id == answer_id, _answer.c.patient_id == access.patient_id)
+    )

@@ -1,0 +1,124 @@
+"""All SQL of the SMART app: launch state, sessions and the audit chain. The caller commits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from smart_app.audit import GENESIS, AuditRecord, chain_hash
+from smart_app.tables import AppSession, AuditEvent, LaunchState
+
+_launch = LaunchState.__table__  # type: ignore[attr-defined]
+_session = AppSession.__table__  # type: ignore[attr-defined]
+_audit = AuditEvent.__table__  # type: ignore[attr-defined]
+_AUDIT_LOCK = 0x636861727463  # pg_advisory_xact_lock key: one writer extends the chain at a time
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def save_launch_state(conn: AsyncConnection, *, ttl_seconds: int, **values: Any) -> None:
+    t = now()
+    await conn.execute(
+        insert(_launch).values(created_at=t, expires_at=t + timedelta(seconds=ttl_seconds), **values)
+    )
+    # Housekeeping: drop states that expired more than a day ago.
+    await conn.execute(delete(_launch).where(_launch.c.expires_at < t - timedelta(days=1)))
+
+
+async def consume_launch_state(conn: AsyncConnection, state_hash: str) -> tuple[str, Any]:
+    """Mark a state used, atomically. Returns ("ok"|"unknown"|"used"|"expired", row)."""
+    t = now()
+    row = (
+        await conn.execute(
+            update(_launch)
+            .where(_launch.c.state_hash == state_hash, _launch.c.used_at.is_(None))
+            .values(used_at=t)
+            .returning(*_launch.c)
+        )
+    ).one_or_none()
+    if row is None:
+        exists = await conn.scalar(
+            select(func.count()).select_from(_launch).where(_launch.c.state_hash == state_hash)
+        )
+        return ("used" if exists else "unknown"), None
+    if row.expires_at < t:
+        return "expired", row
+    return "ok", row
+
+
+async def create_session(conn: AsyncConnection, *, ttl_seconds: int, **values: Any) -> None:
+    t = now()
+    await conn.execute(
+        insert(_session).values(created_at=t, expires_at=t + timedelta(seconds=ttl_seconds), **values)
+    )
+
+
+async def get_session(conn: AsyncConnection, id_hash: str) -> Any:
+    return (
+        await conn.execute(
+            select(_session).where(_session.c.id_hash == id_hash, _session.c.expires_at > now())
+        )
+    ).one_or_none()
+
+
+async def update_session_tokens(conn: AsyncConnection, id_hash: str, **values: Any) -> None:
+    await conn.execute(update(_session).where(_session.c.id_hash == id_hash).values(**values))
+
+
+async def append_audit(conn: AsyncConnection, record: AuditRecord) -> str:
+    """Extend the chain by one record inside the caller's transaction; returns the new hash."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+    prev = await conn.scalar(select(_audit.c.hash).order_by(_audit.c.seq.desc()).limit(1))
+    prev = prev or GENESIS
+    recorded_at = now()
+    digest = chain_hash(prev, record, recorded_at)
+    await conn.execute(
+        insert(_audit).values(
+            recorded_at=recorded_at,
+            action=record.action,
+            outcome=record.outcome,
+            actor=record.actor,
+            client_id=record.client_id,
+            patient_id=record.patient_id,
+            detail=dict(record.detail),
+            prev_hash=prev,
+            hash=digest,
+        )
+    )
+    return digest
+
+
+async def iter_audit(conn: AsyncConnection, batch: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    """All audit rows in chain order, streamed in batches."""
+    last = 0
+    while True:
+        rows = (
+            await conn.execute(
+                select(_audit).where(_audit.c.seq > last).order_by(_audit.c.seq).limit(batch)
+            )
+        ).mappings().all()
+        if not rows:
+            return
+        for row in rows:
+            yield dict(row)
+        last = rows[-1]["seq"]
+
+
+async def list_audit(
+    conn: AsyncConnection, *, patient_id: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    rows = (
+        await conn.execute(
+            select(_audit)
+            .where(_audit.c.patient_id == patient_id)
+            .order_by(_audit.c.seq.desc())
+            .limit(limit)
+        )
+    ).mappings().all()
+    return [dict(r) for r in rows]

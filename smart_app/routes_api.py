@@ -1,0 +1,181 @@
+"""The JSON API behind a SMART session: context, sync, ask, answers, resources, audit, health."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import text
+
+from fhir_adapters import get_resource, get_sync_run, latest_sync_run
+from rag import AnswerBody, answer_question, get_answer
+from smart_app import repository as repo
+from smart_app.audit import AuditRecord
+from smart_app.errors import Conflict, Forbidden, NotFound
+from smart_app.session import SessionContext, app_state, current_session
+
+router = APIRouter(prefix="/api")
+health = APIRouter()
+Session = Annotated[SessionContext, Depends(current_session)]
+MAX_QUESTION = 2000
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(description="A question about the launched patient (1-2,000 characters).")
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("the question is empty")
+        if len(value) > MAX_QUESTION:
+            raise ValueError(f"the question is longer than {MAX_QUESTION} characters")
+        return value
+
+
+def _sync_json(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(run["id"]), "status": run["status"], "phase": run["phase"],
+        "counts": run["counts"], "quarantined": run["quarantined"], "error": run["error"],
+        "started_at": run["started_at"].isoformat(),
+        "finished_at": run["finished_at"].isoformat() if run["finished_at"] else None,
+    }
+
+
+async def _audit(request: Request, session: SessionContext, action: str, outcome: str, **detail: Any) -> None:
+    async with app_state(request).engine.begin() as conn:
+        await repo.append_audit(conn, AuditRecord(
+            action, outcome, actor=session.fhir_user, client_id=session.client_id,
+            patient_id=session.patient_id, detail=detail))
+
+
+@router.get("/context")
+async def context(request: Request, session: Session) -> dict[str, Any]:
+    """The launch context: patient, user, granted scopes, and a banner from the synced Patient."""
+    async with app_state(request).engine.connect() as conn:
+        patient = await get_resource(conn, session.access, "Patient", session.patient_id)
+        last = await latest_sync_run(conn, session.access)
+    banner = None
+    if patient:
+        name = (patient.get("name") or [{}])[0]
+        banner = {
+            "name": " ".join([*name.get("given", []), name.get("family", "")]).strip() or None,
+            "birthDate": patient.get("birthDate"), "gender": patient.get("gender"),
+        }
+    return {
+        "patient": f"Patient/{session.patient_id}", "fhirUser": session.fhir_user,
+        "scopes": list(session.scopes.raw), "readable_types": sorted(session.access.resource_types),
+        "banner": banner, "last_sync": _sync_json(last) if last else None,
+    }
+
+
+@router.post("/sync", status_code=202)
+async def start_sync(request: Request, session: Session) -> JSONResponse:
+    """Start pulling the launched patient's record (or return the sync already running)."""
+    state = app_state(request)
+    sync_id = await state.jobs.start(session)  # type: ignore[attr-defined]
+    async with state.engine.connect() as conn:
+        run = await get_sync_run(conn, session.access, sync_id)
+    assert run is not None
+    return JSONResponse(_sync_json(run), status_code=202, headers={"Location": f"/api/sync/{sync_id}"})
+
+
+@router.get("/sync/{sync_id}")
+async def sync_status(request: Request, sync_id: str, session: Session) -> dict[str, Any]:
+    try:
+        key = uuid.UUID(sync_id)
+    except ValueError:
+        raise NotFound("no such sync run", code="sync_not_found") from None
+    async with app_state(request).engine.connect() as conn:
+        run = await get_sync_run(conn, session.access, key)
+    if run is None:
+        raise NotFound("no such sync run for this patient", code="sync_not_found")
+    return _sync_json(run)
+
+
+@router.post("/ask", response_model=AnswerBody)
+async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBody:
+    """Answer a question about the launched patient with validated citations."""
+    state = app_state(request)
+    async with state.engine.begin() as conn:
+        done = await latest_sync_run(conn, session.access, status="done") or await latest_sync_run(
+            conn, session.access, status="partial")
+        if done is None:
+            raise Conflict("this patient has not been synced yet: POST /api/sync first", code="not_synced")
+        answer = await answer_question(conn, state.embedder, session.access, body.question)
+        await repo.append_audit(conn, AuditRecord(
+            "ask", "ok", actor=session.fhir_user, client_id=session.client_id, patient_id=session.patient_id,
+            detail={
+                "answer_id": answer.answer_id, "mode": answer.mode,
+                "question_sha256": hashlib.sha256(body.question.encode()).hexdigest(),
+                "cited": sorted(answer.citations), "retrieved": answer.retrieved,
+                "removed_statements": answer.removed_statements, "latency_ms": answer.latency_ms,
+                "scopes": str(session.scopes),
+            },
+        ))
+    return answer
+
+
+@router.get("/answers/{answer_id}")
+async def get_answer_again(request: Request, answer_id: str, session: Session) -> dict[str, Any]:
+    try:
+        key = uuid.UUID(answer_id)
+    except ValueError:
+        raise NotFound("no such answer", code="answer_not_found") from None
+    async with app_state(request).engine.connect() as conn:
+        body = await get_answer(conn, session.access, key)
+    if body is None:
+        await _audit(request, session, "answer_read", "not_found")
+        raise NotFound("no such answer for this patient", code="answer_not_found")
+    await _audit(request, session, "answer_read", "ok", answer_id=answer_id)
+    return body
+
+
+@router.get("/resources/{resource_type}/{resource_id}")
+async def read_resource(request: Request, resource_type: str, resource_id: str, session: Session) -> JSONResponse:
+    """A stored resource of the launched patient, if the granted scopes allow its type."""
+    ref = f"{resource_type[:64]}/{resource_id[:64]}"
+    if not session.access.allows(resource_type):
+        await _audit(request, session, "resource_read", "scope_denied", resource=ref)
+        raise Forbidden(f"the granted scopes do not allow reading {resource_type[:64]}", code="scope_denied")
+    async with app_state(request).engine.connect() as conn:
+        resource = await get_resource(conn, session.access, resource_type, resource_id)
+    if resource is None:
+        await _audit(request, session, "resource_read", "not_found", resource=ref)
+        raise NotFound("no such resource for this patient", code="resource_not_found")
+    await _audit(request, session, "resource_read", "ok", resource=ref)
+    return JSONResponse(resource, media_type="application/fhir+json")
+
+
+@router.get("/audit")
+async def audit_log(request: Request, session: Session, limit: int = 100) -> dict[str, Any]:
+    """This patient's audit records, newest first."""
+    async with app_state(request).engine.connect() as conn:
+        rows = await repo.list_audit(conn, patient_id=session.patient_id, limit=max(1, min(limit, 1000)))
+    return {"entries": [
+        {"seq": r["seq"], "recorded_at": r["recorded_at"].isoformat(), "action": r["action"],
+         "outcome": r["outcome"], "actor": r["actor"], "detail": r["detail"], "hash": r["hash"]}
+        for r in rows
+    ]}
+
+
+@health.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The app is up and serving (the lifespan refused to start on an unmigrated database)."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    try:
+        async with app_state(request).engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready", "database": "ok"})

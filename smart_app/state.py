@@ -1,0 +1,36 @@
+"""What the app needs at run time, built once by ``launch`` and handed to the routers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from rag import Embedder
+from smart_app.crypto import TokenCipher
+from smart_app.oauth import ClientConfig, SmartClient
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Plain configuration of the SMART app (``launch.settings`` maps the environment onto it)."""
+
+    base_url: str
+    client: ClientConfig
+    iss_allowlist: tuple[str, ...]
+    state_ttl_seconds: int = 600
+    session_ttl_seconds: int = 8 * 3600
+    secure_cookies: bool = False
+    question_max_chars: int = 2000
+    sync_page_size: int = 200
+    cookie_name: str = "chartcite_session"
+
+
+@dataclass
+class AppState:
+    config: AppConfig
+    engine: AsyncEngine
+    cipher: TokenCipher
+    smart: SmartClient
+    embedder: Embedder
+    jobs: object = field(default=None)  # smart_app.jobs.SyncJobs, set by the app factory

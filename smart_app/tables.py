@@ -1,0 +1,65 @@
+"""App tables: single-use launch state, server-side sessions (tokens encrypted) and the audit chain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, LargeBinary, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+def _ts(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+class LaunchState(SQLModel, table=True):
+    """OAuth ``state`` (stored as its SHA-256), PKCE verifier (encrypted) and nonce; single use."""
+
+    __tablename__ = "launch_state"
+    state_hash: str = Field(sa_column=Column(Text, primary_key=True))
+    iss: str = Field(sa_column=Column(Text, nullable=False))
+    launch: str | None = Field(default=None, sa_column=Column(Text))
+    code_verifier_enc: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    nonce: str = Field(sa_column=Column(Text, nullable=False))
+    requested_scope: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime | None = _ts(False)
+    expires_at: datetime | None = _ts(False)
+    used_at: datetime | None = _ts()
+
+
+class AppSession(SQLModel, table=True):
+    """A clinician's SMART session; the cookie holds a random id, the table its SHA-256."""
+
+    __tablename__ = "app_session"
+    id_hash: str = Field(sa_column=Column(Text, primary_key=True))
+    iss: str = Field(sa_column=Column(Text, nullable=False))
+    client_id: str = Field(sa_column=Column(Text, nullable=False))
+    patient_id: str | None = Field(default=None, sa_column=Column(Text))
+    encounter_id: str | None = Field(default=None, sa_column=Column(Text))
+    fhir_user: str | None = Field(default=None, sa_column=Column(Text))
+    granted_scope: str = Field(sa_column=Column(Text, nullable=False))
+    access_token_enc: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    refresh_token_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    token_expires_at: datetime | None = _ts()
+    need_patient_banner: bool = Field(default=True, sa_column=Column(Boolean, nullable=False))
+    smart_style_url: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime | None = _ts(False)
+    expires_at: datetime | None = _ts(False)
+
+
+class AuditEvent(SQLModel, table=True):
+    """One audit record; ``hash`` = SHA-256(prev_hash + canonical record). Append-only (trigger)."""
+
+    __tablename__ = "audit_event"
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    recorded_at: datetime | None = _ts(False)
+    action: str = Field(sa_column=Column(Text, nullable=False))
+    outcome: str = Field(sa_column=Column(Text, nullable=False))
+    actor: str | None = Field(default=None, sa_column=Column(Text))
+    client_id: str | None = Field(default=None, sa_column=Column(Text))
+    patient_id: str | None = Field(default=None, sa_column=Column(Text))
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    prev_hash: str = Field(sa_column=Column(Text, nullable=False))
+    hash: str = Field(sa_column=Column(Text, nullable=False, unique=True))

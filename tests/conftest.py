@@ -1,0 +1,63 @@
+"""Shared fixtures: one embedded PostgreSQL, migrated, and the whole demo (app + sandbox EHR) served
+by uvicorn on a free loopback port. Tests talk to it over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from launch.db import Database, create_engine, open_database, upgrade
+from launch.sandbox import SandboxStore
+from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
+from launch.settings import Settings
+
+
+@dataclass
+class RunningDemo:
+    base_url: str
+    settings: Settings
+    store: SandboxStore
+    database: Database
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    # Short path: PostgreSQL's unix socket path has a length limit.
+    path = Path(tempfile.mkdtemp(prefix="cc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database(data_dir: Path) -> Iterator[Database]:
+    settings = Settings(env="dev", data_dir=data_dir)
+    db = open_database(settings)
+
+    async def migrate() -> None:
+        engine = create_engine(db, pool_size=1)
+        await upgrade(engine)
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    yield db
+    if db.embedded is not None:
+        db.embedded.cleanup()
+
+
+@pytest.fixture(scope="session")
+def demo(data_dir: Path, database: Database) -> Iterator[RunningDemo]:
+    port = free_port()
+    settings = Settings(env="dev", data_dir=data_dir, port=port,
+                        model_dir=Settings(env="dev").resolved_model_dir)
+    store = sandbox_store(patients=8)
+    built = build_demo(settings, store, database=database)
+    server = BackgroundServer(built.app, "127.0.0.1", port)
+    server.start()
+    yield RunningDemo(base_url=settings.base_url, settings=built.settings, store=store, database=database)
+    server.stop()

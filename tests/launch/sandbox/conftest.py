@@ -1,0 +1,77 @@
+"""Fixtures for the sandbox EHR tests: one signing key per session, real servers per test/module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx2
+import pytest
+
+from launch.sandbox import SandboxClient, SandboxConfig, SandboxStore, create_sandbox_app
+from launch.sandbox.keys import SigningKey
+from tests.launch.sandbox.sandbox_support import (
+    APP_CALLBACK_PATH,
+    APP_LAUNCH_PATH,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    SECRET_CLIENT_ID,
+    FakeClock,
+    SandboxFactory,
+    SmartClient,
+    build_resources,
+    serve,
+)
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def make_config(origin: str, base: str, **overrides: object) -> SandboxConfig:
+    callback = f"{origin}{APP_CALLBACK_PATH}"
+    clients = (
+        SandboxClient(client_id=CLIENT_ID, redirect_uris=(callback,)),
+        SandboxClient(
+            client_id=SECRET_CLIENT_ID, redirect_uris=(callback,), client_secret=CLIENT_SECRET
+        ),
+    )
+    return SandboxConfig(
+        base_url=base,
+        app_launch_url=f"{origin}{APP_LAUNCH_PATH}",
+        clients=clients,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def sandbox_factory(signing_key: SigningKey) -> SandboxFactory:
+    """``with sandbox_factory(clock=…, **config_overrides) as client:`` a fresh running sandbox."""
+
+    @contextmanager
+    def factory(clock: FakeClock | None = None, **overrides: object) -> Iterator[SmartClient]:
+        clock = clock or FakeClock()
+
+        def build(origin: str) -> object:
+            config = make_config(origin, origin, **overrides)
+            return create_sandbox_app(
+                config, SandboxStore(build_resources()), clock=clock, signing_key=signing_key
+            )
+
+        with serve(build) as origin, httpx2.Client(timeout=10) as http:
+            yield SmartClient(http=http, base=origin, origin=origin)
+
+    return factory
+
+
+@pytest.fixture(scope="module")
+def sandbox(signing_key: SigningKey) -> Iterator[SmartClient]:
+    """A sandbox shared by a module's tests (real clock)."""
+
+    def build(origin: str) -> object:
+        config = make_config(origin, origin)
+        return create_sandbox_app(config, SandboxStore(build_resources()), signing_key=signing_key)
+
+    with serve(build) as origin, httpx2.Client(timeout=10) as http:
+        yield SmartClient(http=http, base=origin, origin=origin)
