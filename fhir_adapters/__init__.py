@@ -16,7 +16,7 @@ from fhir_adapters.repository import (
     list_facts,
     update_sync_run,
 )
-from fhir_adapters.sync import PullResult, Puller
+from fhir_adapters.sync import Puller, PullResult
 
 __all__ = [
     "CLINICAL_TYPES",

@@ -49,7 +49,9 @@ class FhirClient:
         try:
             return await self._client.execute(path, method="get", params=params)
         except AuthorizationError:
-            raise FhirAuthError("the EHR rejected the session's token (401); launch again") from None
+            raise FhirAuthError(
+                "the EHR rejected the session's token (401); launch again"
+            ) from None
         except ForbiddenError:
             raise FhirAuthError("the EHR refused access (403)") from None
         except ResourceNotFound:
@@ -57,7 +59,9 @@ class FhirClient:
         except OperationOutcome:
             raise FhirServerError("the EHR returned an error (OperationOutcome)") from None
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
-            raise FhirServerError(f"the EHR is unreachable or answered badly ({type(exc).__name__})") from None
+            raise FhirServerError(
+                f"the EHR is unreachable or answered badly ({type(exc).__name__})"
+            ) from None
 
     async def capabilities(self) -> dict[str, Any]:
         return _plain(await self._call("metadata"))
@@ -73,7 +77,9 @@ class FhirClient:
         bundle = await self._call(path, params)
         while True:
             if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-                raise FhirServerError("the EHR answered a search with something other than a Bundle")
+                raise FhirServerError(
+                    "the EHR answered a search with something other than a Bundle"
+                )
             yield [_plain(e["resource"]) for e in bundle.get("entry") or [] if e.get("resource")]
             next_link = get_by_path(bundle, ["link", {"relation": "next"}, "url"])
             if not next_link:

@@ -1,9 +1,9 @@
 """Errors of the FHIR adapters.
 
-    FhirAdapterError (code, status)
-    ├── FhirAuthError        401/403 from the FHIR server (token expired, scope missing)
-    ├── FhirServerError      the FHIR server failed or answered something unusable (502)
-    └── SyncNotFound         unknown sync id for this patient (404)
+FhirAdapterError (code, status)
+├── FhirAuthError        401/403 from the FHIR server (token expired, scope missing)
+├── FhirServerError      the FHIR server failed or answered something unusable (502)
+└── SyncNotFound         unknown sync id for this patient (404)
 """
 
 from __future__ import annotations

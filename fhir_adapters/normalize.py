@@ -107,7 +107,7 @@ def parse_date(value: Any) -> datetime | None:
             return datetime(int(v[:4]), int(v[5:7]), 1, tzinfo=UTC)
         if len(v) == 10:
             return datetime.fromisoformat(v).replace(tzinfo=UTC)
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(v)
     except ValueError:
         return None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
@@ -129,9 +129,11 @@ def coding(concept: Any) -> tuple[str | None, str | None, str | None]:
         return None, None, None
     codings = [c for c in concept.get("coding") or [] if isinstance(c, dict)]
     codings.sort(
-        key=lambda c: PREFERRED_SYSTEMS.index(c["system"])
-        if c.get("system") in PREFERRED_SYSTEMS
-        else len(PREFERRED_SYSTEMS)
+        key=lambda c: (
+            PREFERRED_SYSTEMS.index(c["system"])
+            if c.get("system") in PREFERRED_SYSTEMS
+            else len(PREFERRED_SYSTEMS)
+        )
     )
     first = codings[0] if codings else {}
     display = concept.get("text") or first.get("display")
@@ -156,7 +158,9 @@ def _quantity(q: Any) -> tuple[float | None, str | None]:
 
 def _observation(r: dict[str, Any], f: Fact) -> None:
     f.category = coding((r.get("category") or [{}])[0])[1]
-    f.date = parse_date(_first(r, "effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued"))
+    f.date = parse_date(
+        _first(r, "effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued")
+    )
     f.value_num, f.unit = _quantity(r.get("valueQuantity"))
     if f.value_num is None:
         f.value_text = r.get("valueString") or coding(r.get("valueCodeableConcept"))[2]
@@ -190,7 +194,9 @@ def _medication_request(r: dict[str, Any], f: Fact, medications: dict[str, dict[
 
 
 def project(
-    resource: dict[str, Any], *, medications: dict[str, dict[str, Any]] | None = None,
+    resource: dict[str, Any],
+    *,
+    medications: dict[str, dict[str, Any]] | None = None,
     note_text: str | None = None,
 ) -> Fact | None:
     """Project a validated clinical resource to a ``Fact``; ``None`` for non-clinical types."""

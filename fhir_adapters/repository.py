@@ -70,7 +70,10 @@ async def store_resources(
         await conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["patient_id", "resource_type", "id"],
-                set_={c: stmt.excluded[c] for c in ("version_id", "last_updated", "content_hash", "content", "synced_at")},
+                set_={
+                    c: stmt.excluded[c]
+                    for c in ("version_id", "last_updated", "content_hash", "content", "synced_at")
+                },
             )
         )
     return outcome
@@ -98,7 +101,9 @@ async def quarantine(
         insert(_quar).values(
             patient_id=patient_id,
             sync_id=sync_id,
-            resource_type=content.get("resourceType") if isinstance(content.get("resourceType"), str) else None,
+            resource_type=content.get("resourceType")
+            if isinstance(content.get("resourceType"), str)
+            else None,
             resource_id=content.get("id") if isinstance(content.get("id"), str) else None,
             reason=reason,
             content=content,
@@ -169,23 +174,35 @@ async def list_facts(
         conds.append(_fact.c.code.in_(list(codes)))
     if since is not None:
         # Conditions/meds that started earlier but are still open overlap the window too.
-        conds.append(or_(_fact.c.date >= since, and_(_fact.c.end_date.is_(None), _fact.c.date.is_(None)))
-                     if resource_type not in ("MedicationRequest", "Condition") else
-                     or_(_fact.c.date >= since, _fact.c.end_date >= since, _fact.c.end_date.is_(None)))
+        conds.append(
+            or_(_fact.c.date >= since, and_(_fact.c.end_date.is_(None), _fact.c.date.is_(None)))
+            if resource_type not in ("MedicationRequest", "Condition")
+            else or_(_fact.c.date >= since, _fact.c.end_date >= since, _fact.c.end_date.is_(None))
+        )
     if until is not None:
         conds.append(or_(_fact.c.date <= until, _fact.c.date.is_(None)))
     rows = await conn.execute(
-        select(_fact).where(*conds).order_by(_fact.c.date.asc().nulls_first(), _fact.c.id).limit(limit)
+        select(_fact)
+        .where(*conds)
+        .order_by(_fact.c.date.asc().nulls_first(), _fact.c.id)
+        .limit(limit)
     )
     return [dict(r) for r in rows.mappings()]
 
 
-async def fact_codes(conn: AsyncConnection, access: AccessFilter, resource_type: str) -> list[dict[str, Any]]:
+async def fact_codes(
+    conn: AsyncConnection, access: AccessFilter, resource_type: str
+) -> list[dict[str, Any]]:
     """Distinct (code, display) of a type for the patient, with counts."""
     if not access.allows(resource_type):
         return []
     rows = await conn.execute(
-        select(_fact.c.code_system, _fact.c.code, func.min(_fact.c.display).label("display"), func.count().label("n"))
+        select(
+            _fact.c.code_system,
+            _fact.c.code,
+            func.min(_fact.c.display).label("display"),
+            func.count().label("n"),
+        )
         .where(_fact.c.patient_id == access.patient_id, _fact.c.resource_type == resource_type)
         .group_by(_fact.c.code_system, _fact.c.code)
     )
@@ -198,8 +215,14 @@ async def create_sync_run(
     sync_id = uuid.uuid4()
     await conn.execute(
         insert(_sync).values(
-            id=sync_id, patient_id=patient_id, session_id=session_id, status="running",
-            phase="queued", counts={}, quarantined=0, started_at=_now(),
+            id=sync_id,
+            patient_id=patient_id,
+            session_id=session_id,
+            status="running",
+            phase="queued",
+            counts={},
+            quarantined=0,
+            started_at=_now(),
         )
     )
     return sync_id
@@ -209,22 +232,36 @@ async def update_sync_run(conn: AsyncConnection, sync_id: uuid.UUID, **values: A
     await conn.execute(update(_sync).where(_sync.c.id == sync_id).values(**values))
 
 
-async def get_sync_run(conn: AsyncConnection, access: AccessFilter, sync_id: uuid.UUID) -> dict[str, Any] | None:
+async def get_sync_run(
+    conn: AsyncConnection, access: AccessFilter, sync_id: uuid.UUID
+) -> dict[str, Any] | None:
     row = (
-        await conn.execute(
-            select(_sync).where(_sync.c.id == sync_id, _sync.c.patient_id == access.patient_id)
+        (
+            await conn.execute(
+                select(_sync).where(_sync.c.id == sync_id, _sync.c.patient_id == access.patient_id)
+            )
         )
-    ).mappings().one_or_none()
+        .mappings()
+        .one_or_none()
+    )
     return dict(row) if row else None
 
 
-async def latest_sync_run(conn: AsyncConnection, access: AccessFilter, *, status: str | None = None) -> dict[str, Any] | None:
+async def latest_sync_run(
+    conn: AsyncConnection, access: AccessFilter, *, status: str | None = None
+) -> dict[str, Any] | None:
     conds = [_sync.c.patient_id == access.patient_id]
     if status is not None:
         conds.append(_sync.c.status == status)
     row = (
-        await conn.execute(select(_sync).where(*conds).order_by(_sync.c.started_at.desc()).limit(1))
-    ).mappings().one_or_none()
+        (
+            await conn.execute(
+                select(_sync).where(*conds).order_by(_sync.c.started_at.desc()).limit(1)
+            )
+        )
+        .mappings()
+        .one_or_none()
+    )
     return dict(row) if row else None
 
 
@@ -233,6 +270,10 @@ async def fail_stale_runs(conn: AsyncConnection, *, older_than: datetime) -> int
     result = await conn.execute(
         update(_sync)
         .where(_sync.c.status == "running", _sync.c.started_at < older_than)
-        .values(status="failed", error="interrupted: the server stopped during the sync", finished_at=_now())
+        .values(
+            status="failed",
+            error="interrupted: the server stopped during the sync",
+            finished_at=_now(),
+        )
     )
     return result.rowcount or 0

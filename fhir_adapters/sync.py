@@ -60,8 +60,14 @@ class Puller:
     """One sync run of one patient."""
 
     def __init__(
-        self, engine: AsyncEngine, client: FhirClient, access: AccessFilter, sync_id: uuid.UUID,
-        *, page_size: int = 200, progress: Progress | None = None,
+        self,
+        engine: AsyncEngine,
+        client: FhirClient,
+        access: AccessFilter,
+        sync_id: uuid.UUID,
+        *,
+        page_size: int = 200,
+        progress: Progress | None = None,
     ) -> None:
         self.engine = engine
         self.client = client
@@ -78,7 +84,9 @@ class Puller:
         if since is None and FhirClient.supports_everything(caps):
             await self._source(f"Patient/{pid}/$everything", {"_count": self.page_size})
         else:
-            patient = await self.client.read("Patient", pid) if self.access.allows("Patient") else None
+            patient = (
+                await self.client.read("Patient", pid) if self.access.allows("Patient") else None
+            )
             if patient is not None:
                 await self._ingest([patient])
             for rtype in sorted(CLINICAL_TYPES & self.access.resource_types):
@@ -114,7 +122,9 @@ class Puller:
                     self.result.counts["skipped"] += 1
                     continue
                 if not belongs_to(resource, self.access.patient_id):
-                    await self._quarantine(conn, resource, "outside the launched patient's compartment")
+                    await self._quarantine(
+                        conn, resource, "outside the launched patient's compartment"
+                    )
                     continue
                 good[(rtype, resource["id"])] = (resource, content_hash(resource))
             outcome = await repo.store_resources(conn, self.access.patient_id, list(good.values()))
@@ -129,13 +139,20 @@ class Puller:
     async def _quarantine(self, conn: Any, resource: Any, reason: str) -> None:
         self.result.quarantined += 1
         await repo.quarantine(
-            conn, patient_id=self.access.patient_id, sync_id=self.sync_id, resource=resource, reason=reason
+            conn,
+            patient_id=self.access.patient_id,
+            sync_id=self.sync_id,
+            resource=resource,
+            reason=reason,
         )
 
     async def _resolve_medications(self) -> None:
         """Read ``Medication`` resources that changed MedicationRequests point at."""
         async with self.engine.connect() as conn:
-            stored = {r["id"] for r in await repo.get_resources(conn, self._support_access(), "Medication")}
+            stored = {
+                r["id"]
+                for r in await repo.get_resources(conn, self._support_access(), "Medication")
+            }
         wanted = {
             mid
             for (rtype, _), r in self._pending.items()
@@ -159,7 +176,8 @@ class Puller:
         await self._report("normalizing")
         async with self.engine.connect() as conn:
             medications = {
-                m["id"]: m for m in await repo.get_resources(conn, self._support_access(), "Medication")
+                m["id"]: m
+                for m in await repo.get_resources(conn, self._support_access(), "Medication")
             }
         facts: list[Fact] = []
         for (rtype, _), resource in self._pending.items():

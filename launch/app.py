@@ -20,7 +20,16 @@ from launch import logs
 from launch.db import Database, create_engine, open_database, require_migrated
 from launch.settings import Settings
 from rag import load_embedder
-from smart_app import AppConfig, AppState, ClientConfig, SmartClient, SyncJobs, TokenCipher, install_routes, new_key_b64
+from smart_app import (
+    AppConfig,
+    AppState,
+    ClientConfig,
+    SmartClient,
+    SyncJobs,
+    TokenCipher,
+    install_routes,
+    new_key_b64,
+)
 
 log = logging.getLogger("chartcite")
 
@@ -44,8 +53,12 @@ def app_config(settings: Settings) -> AppConfig:
     return AppConfig(
         base_url=settings.base_url,
         client=ClientConfig(
-            client_id=settings.client_id, redirect_uri=settings.redirect_uri, scope=settings.scopes,
-            client_secret=settings.client_secret.get_secret_value() if settings.client_secret else None,
+            client_id=settings.client_id,
+            redirect_uri=settings.redirect_uri,
+            scope=settings.scopes,
+            client_secret=settings.client_secret.get_secret_value()
+            if settings.client_secret
+            else None,
         ),
         iss_allowlist=tuple(i.rstrip("/") for i in settings.iss_allowlist),
         state_ttl_seconds=settings.state_ttl_seconds,
@@ -56,7 +69,10 @@ def app_config(settings: Settings) -> AppConfig:
 
 
 def create_app(
-    settings: Settings, *, database: Database | None = None, mounts: dict[str, ASGIApp] | None = None,
+    settings: Settings,
+    *,
+    database: Database | None = None,
+    mounts: dict[str, ASGIApp] | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build the app; nothing is opened until the lifespan runs."""
@@ -71,12 +87,17 @@ def create_app(
             cipher = TokenCipher.from_b64(token_key(settings))
             async with httpx2.AsyncClient(timeout=settings.http_timeout_seconds) as http:
                 state = AppState(
-                    config=app_config(settings), engine=engine, cipher=cipher,
-                    smart=SmartClient(http, discovery_ttl=settings.discovery_ttl_seconds), embedder=embedder,
+                    config=app_config(settings),
+                    engine=engine,
+                    cipher=cipher,
+                    smart=SmartClient(http, discovery_ttl=settings.discovery_ttl_seconds),
+                    embedder=embedder,
                 )
                 state.jobs = SyncJobs(state)
                 async with engine.begin() as conn:
-                    await fail_stale_runs(conn, older_than=datetime.now(UTC) - timedelta(minutes=30))
+                    await fail_stale_runs(
+                        conn, older_than=datetime.now(UTC) - timedelta(minutes=30)
+                    )
                 app.state.chartcite = state
                 if on_ready is not None:
                     on_ready()
@@ -86,7 +107,9 @@ def create_app(
             await engine.dispose()
 
     app = FastAPI(
-        title="chartcite", version="0.1.0", lifespan=lifespan,
+        title="chartcite",
+        version="0.1.0",
+        lifespan=lifespan,
         description="Answers questions about the launched patient with validated FHIR citations.",
     )
     app.middleware("http")(logs.access_middleware)

@@ -40,8 +40,7 @@ def run_bench(*, asks: int = 50, patients: int = 3, data: Path | None = None) ->
 
     with tempfile.TemporaryDirectory(prefix="ccb-", dir="/tmp") as tmp:
         t0 = time.perf_counter()
-        settings = Settings(env="dev", data_dir=Path(tmp), port=free_port(),
-                            model_dir=Settings(env="dev").resolved_model_dir)
+        settings = Settings(env="dev", data_dir=Path(tmp), port=free_port())
         database = open_database(settings)
 
         async def migrate() -> None:
@@ -65,8 +64,10 @@ def run_bench(*, asks: int = 50, patients: int = 3, data: Path | None = None) ->
                 status = sync_patient(client)
                 took = time.perf_counter() - t
                 n = sum(v for k, v in status["counts"].items() if k[:1].isupper())
-                print(f"sync {pid}: {status['status']}, {n} resources, "
-                      f"{status['counts'].get('chunks_indexed', 0)} chunks, {took:.2f} s")
+                print(
+                    f"sync {pid}: {status['status']}, {n} resources, "
+                    f"{status['counts'].get('chunks_indexed', 0)} chunks, {took:.2f} s"
+                )
                 clients.append(client)
             client_ms: list[float] = []
             server_ms: list[float] = []
@@ -77,10 +78,14 @@ def run_bench(*, asks: int = 50, patients: int = 3, data: Path | None = None) ->
                 client_ms.append((time.perf_counter() - t) * 1000)
                 resp.raise_for_status()
                 server_ms.append(resp.json()["latency_ms"])
-            print(f"ask over HTTP, {asks} asks: p50 {pct(client_ms, .5):.1f} ms, p95 {pct(client_ms, .95):.1f} ms, "
-                  f"mean {statistics.mean(client_ms):.1f} ms")
-            print(f"ask pipeline (server latency_ms): p50 {pct(server_ms, .5):.1f} ms, "
-                  f"p95 {pct(server_ms, .95):.1f} ms")
+            print(
+                f"ask over HTTP, {asks} asks: p50 {pct(client_ms, 0.5):.1f} ms, p95 {pct(client_ms, 0.95):.1f} ms, "
+                f"mean {statistics.mean(client_ms):.1f} ms"
+            )
+            print(
+                f"ask pipeline (server latency_ms): p50 {pct(server_ms, 0.5):.1f} ms, "
+                f"p95 {pct(server_ms, 0.95):.1f} ms"
+            )
             for c in clients:
                 c.close()
         finally:

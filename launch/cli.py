@@ -142,7 +142,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
 
     demo = build_demo(settings, store, database=database, on_ready=ready)
-    uvicorn.run(demo.app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
+    uvicorn.run(
+        demo.app, host=settings.host, port=settings.port, access_log=False, log_level="warning"
+    )
     return 0
 
 
@@ -154,15 +156,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure()
     settings = _settings(args)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False,
-                log_level="warning", workers=None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="warning",
+        workers=None,
+    )
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from launch.bench import run_bench
 
-    return run_bench(asks=args.asks, patients=args.patients, data=Path(args.data) if args.data else None)
+    return run_bench(
+        asks=args.asks, patients=args.patients, data=Path(args.data) if args.data else None
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -175,7 +185,9 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--port", type=int, help="port (default 8000)")
             sp.add_argument("--host", help="interface (default 127.0.0.1)")
 
-    demo = sub.add_parser("demo", help="run everything locally: embedded Postgres, sandbox EHR, app")
+    demo = sub.add_parser(
+        "demo", help="run everything locally: embedded Postgres, sandbox EHR, app"
+    )
     common(demo, server=True)
     demo.add_argument("--patients", type=int, default=20, help="synthetic patients (default 20)")
     demo.add_argument("--data", help="load FHIR R4 Bundles/NDJSON from this folder instead")
@@ -185,19 +197,25 @@ def parser() -> argparse.ArgumentParser:
     common(serve, server=True)
     serve.set_defaults(func=cmd_serve)
 
-    db = sub.add_parser("db", help="database commands").add_subparsers(dest="db_command", required=True)
+    db = sub.add_parser("db", help="database commands").add_subparsers(
+        dest="db_command", required=True
+    )
     up = db.add_parser("upgrade", help="apply migrations")
     common(up)
     up.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
     up.set_defaults(func=cmd_db_upgrade)
 
-    audit = sub.add_parser("audit", help="audit trail").add_subparsers(dest="audit_command", required=True)
+    audit = sub.add_parser("audit", help="audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
     verify = audit.add_parser("verify", help="verify the hash chain; exits 1 on a break")
     common(verify)
     verify.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
     verify.set_defaults(func=cmd_audit_verify)
 
-    model = sub.add_parser("model", help="embedding model").add_subparsers(dest="model_command", required=True)
+    model = sub.add_parser("model", help="embedding model").add_subparsers(
+        dest="model_command", required=True
+    )
     build = model.add_parser("build", help="convert the packaged MiniLM to ONNX once (needs torch)")
     common(build)
     build.add_argument("--force", action="store_true")

@@ -5,12 +5,14 @@ The app refuses to serve an unmigrated database; ``chartcite db upgrade`` (run b
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -44,15 +46,34 @@ class Database:
         return f"PostgreSQL at {u.host or u.query.get('host')}:{u.port or 5432}/{u.database}"
 
 
+def _prune_dead_handles(pgdata: Path) -> None:
+    """pgserver stops the server when its last handle exits, but a handle whose process died
+    without running atexit (SIGKILL) stays listed forever and keeps the server alive; drop those."""
+    path = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+        alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+        if alive != pids:
+            path.write_text(json.dumps(alive))
+    except (OSError, ValueError, TypeError):
+        return
+
+
 def open_database(settings: Settings) -> Database:
     """Use ``DATABASE_URL`` when set, else start (or reuse) the embedded server in the data dir."""
     if settings.database_url is not None:
         url = make_url(settings.database_url.get_secret_value())
-        if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
+        if url.drivername in (
+            "postgres",
+            "postgresql",
+            "postgresql+psycopg2",
+            "postgresql+psycopg",
+        ):
             url = url.set(drivername="postgresql+asyncpg")
         return Database(url=url.render_as_string(hide_password=False))
     pgdata = settings.data_dir / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _prune_dead_handles(pgdata)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers); harmless here.
         warnings.simplefilter("ignore")

@@ -12,8 +12,14 @@ from urllib.parse import urlencode
 import httpx2
 
 
-def launch_patient(base_url: str, patient_id: str, *, scope: str | None = None,
-                   deny: bool = False, timeout: float = 30.0) -> tuple[httpx2.Client, httpx2.Response]:
+def launch_patient(
+    base_url: str,
+    patient_id: str,
+    *,
+    scope: str | None = None,
+    deny: bool = False,
+    timeout: float = 30.0,
+) -> tuple[httpx2.Client, httpx2.Response]:
     """EHR-launch the app for a patient; returns the signed-in client and the final response."""
     client = httpx2.Client(base_url=base_url, follow_redirects=True, timeout=timeout)
     params: dict[str, str] = {"patient": patient_id}
@@ -25,7 +31,9 @@ def launch_patient(base_url: str, patient_id: str, *, scope: str | None = None,
     return client, response
 
 
-def sync_patient(client: httpx2.Client, *, timeout: float = 300.0, poll: float = 0.2) -> dict[str, Any]:
+def sync_patient(
+    client: httpx2.Client, *, timeout: float = 300.0, poll: float = 0.2
+) -> dict[str, Any]:
     """Start a sync and wait until it is no longer running; returns the final status."""
     started = client.post("/api/sync", json={})
     started.raise_for_status()

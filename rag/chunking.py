@@ -80,7 +80,9 @@ def fact_sentence(fact: dict[str, Any]) -> str:
         return f"Condition {name} ({status or 'unknown status'}), onset {when}"
     if rtype == "AllergyIntolerance":
         reactions = ", ".join(detail.get("reactions") or [])
-        return f"Allergy to {name} ({status or 'unknown status'})" + (f", reaction: {reactions}" if reactions else "")
+        return f"Allergy to {name} ({status or 'unknown status'})" + (
+            f", reaction: {reactions}" if reactions else ""
+        )
     if rtype == "Immunization":
         return f"Immunization {name} ({status}) on {when}"
     if rtype == "Procedure":
@@ -121,12 +123,28 @@ def chunks_for_fact(fact: dict[str, Any]) -> list[ChunkDraft]:
         text = fact.get("value_text") or ""
         title = f"{fact.get('display') or 'Clinical note'} of {fmt_date(fact.get('date'))}"
         return [
-            ChunkDraft(chunk_id(rtype, rid, i), rtype, rid, fact.get("encounter_id"), fact.get("date"),
-                       "note", f"{title}. {section}", None)
+            ChunkDraft(
+                chunk_id(rtype, rid, i),
+                rtype,
+                rid,
+                fact.get("encounter_id"),
+                fact.get("date"),
+                "note",
+                f"{title}. {section}",
+                None,
+            )
             for i, section in enumerate(split_sections(text))
         ]
     concept = fact.get("display") or rtype
     return [
-        ChunkDraft(chunk_id(rtype, rid, 0), rtype, rid, fact.get("encounter_id"), fact.get("date"),
-                   "fact", fact_sentence(fact), f"{rtype}: {concept}")
+        ChunkDraft(
+            chunk_id(rtype, rid, 0),
+            rtype,
+            rid,
+            fact.get("encounter_id"),
+            fact.get("date"),
+            "fact",
+            fact_sentence(fact),
+            f"{rtype}: {concept}",
+        )
     ]

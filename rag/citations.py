@@ -31,7 +31,10 @@ def cited_refs(statements: Iterable[Statement]) -> set[tuple[str, str]]:
 
 
 def validate_statements(
-    statements: Sequence[Statement], *, retrieved: set[str], stored: set[tuple[str, str]],
+    statements: Sequence[Statement],
+    *,
+    retrieved: set[str],
+    stored: set[tuple[str, str]],
     allowed_types: frozenset[str],
 ) -> Validation:
     kept: list[Statement] = []
@@ -44,7 +47,10 @@ def validate_statements(
                 kept.append(s)
             continue
         ok = bool(s.citations) and all(
-            c in retrieved and (r := parse_ref(c)) is not None and r in stored and r[0] in allowed_types
+            c in retrieved
+            and (r := parse_ref(c)) is not None
+            and r in stored
+            and r[0] in allowed_types
             for c in s.citations
         )
         if ok:

@@ -36,8 +36,11 @@ def ref(resource_type: str, resource_id: str) -> str:
 def citation_for_fact(fact: dict[str, Any]) -> CitationInfo:
     date: datetime | None = fact.get("date")
     return CitationInfo(
-        resource_type=fact["resource_type"], id=fact["id"], display=fact.get("display"),
-        date=date.date().isoformat() if date else None, value=fact_value(fact),
+        resource_type=fact["resource_type"],
+        id=fact["id"],
+        display=fact.get("display"),
+        date=date.date().isoformat() if date else None,
+        value=fact_value(fact),
     )
 
 
@@ -68,18 +71,30 @@ def lab_statements(facts: Sequence[dict[str, Any]], window_text: str) -> list[St
             value = fact_value(f)
             if value is None:
                 continue
-            out.append(Statement(text=f"{name}: {value} on {fmt_date(f.get('date'))}.",
-                                 citations=[ref("Observation", f["id"])]))
+            out.append(
+                Statement(
+                    text=f"{name}: {value} on {fmt_date(f.get('date'))}.",
+                    citations=[ref("Observation", f["id"])],
+                )
+            )
         numeric = [(f, v) for f in series if (v := _primary_value(f)) is not None]
         if len(numeric) >= 2:
             (f0, v0), (f1, v1) = numeric[0], numeric[-1]
-            unit = (f0.get("detail", {}).get("components") or [{}])[0].get("unit") or f0.get("unit") or ""
-            out.append(Statement(
-                text=(f"{name} trend{window_text}: {trend_word(v0, v1)}, from {fmt_number(v0)} {unit} "
-                      f"on {fmt_date(f0.get('date'))} to {fmt_number(v1)} {unit} on "
-                      f"{fmt_date(f1.get('date'))} across {len(numeric)} results.").replace("  ", " "),
-                citations=[ref("Observation", f["id"]) for f, _ in numeric],
-            ))
+            unit = (
+                (f0.get("detail", {}).get("components") or [{}])[0].get("unit")
+                or f0.get("unit")
+                or ""
+            )
+            out.append(
+                Statement(
+                    text=(
+                        f"{name} trend{window_text}: {trend_word(v0, v1)}, from {fmt_number(v0)} {unit} "
+                        f"on {fmt_date(f0.get('date'))} to {fmt_number(v1)} {unit} on "
+                        f"{fmt_date(f1.get('date'))} across {len(numeric)} results."
+                    ).replace("  ", " "),
+                    citations=[ref("Observation", f["id"]) for f, _ in numeric],
+                )
+            )
     return out
 
 
@@ -87,22 +102,34 @@ _STATUS_ORDER = {"active": 0, "on-hold": 1, "draft": 2, "stopped": 3, "completed
 
 
 def medication_statements(facts: Sequence[dict[str, Any]]) -> list[Statement]:
-    ordered = sorted(facts, key=lambda f: (_STATUS_ORDER.get(f.get("status") or "", 5),
-                                           -(f["date"].timestamp() if f.get("date") else 0), f["id"]))
+    ordered = sorted(
+        facts,
+        key=lambda f: (
+            _STATUS_ORDER.get(f.get("status") or "", 5),
+            -(f["date"].timestamp() if f.get("date") else 0),
+            f["id"],
+        ),
+    )
     out = []
     for f in ordered:
         dose = f.get("detail", {}).get("dosage")
-        out.append(Statement(
-            text=(f"{f.get('display') or 'Unnamed medication'} — {f.get('status') or 'unknown status'}; "
-                  f"prescribed {fmt_date(f.get('date'))}" + (f" ({dose})" if dose else "") + "."),
-            citations=[ref("MedicationRequest", f["id"])],
-        ))
+        out.append(
+            Statement(
+                text=(
+                    f"{f.get('display') or 'Unnamed medication'} — {f.get('status') or 'unknown status'}; "
+                    f"prescribed {fmt_date(f.get('date'))}" + (f" ({dose})" if dose else "") + "."
+                ),
+                citations=[ref("MedicationRequest", f["id"])],
+            )
+        )
     return out
 
 
 def simple_statements(facts: Sequence[dict[str, Any]]) -> list[Statement]:
-    return [Statement(text=fact_sentence(f) + ".", citations=[ref(f["resource_type"], f["id"])])
-            for f in sorted(facts, key=lambda f: (f.get("date") is None, f.get("date"), f["id"]))]
+    return [
+        Statement(text=fact_sentence(f) + ".", citations=[ref(f["resource_type"], f["id"])])
+        for f in sorted(facts, key=lambda f: (f.get("date") is None, f.get("date"), f["id"]))
+    ]
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -122,33 +149,53 @@ def best_sentence(text: str, terms: Sequence[str]) -> str:
     return best if len(best) <= 400 else best[:397] + "..."
 
 
-def note_statements(hits: Sequence[Hit], terms: Sequence[str], limit: int = 3) -> list[Statement]:
-    """Quote the best sentence of the top note chunks that matched the question's words."""
+def note_statements(
+    hits: Sequence[Hit], terms: Sequence[str], limit: int = 3, *, latest: bool = False
+) -> list[Statement]:
+    """Quote the best sentence of the top note chunks that matched the question's words
+    (with ``latest``, only the most recent matching note)."""
     out: list[Statement] = []
     seen: set[str] = set()
+    if latest:
+        dated = [
+            h for h in hits if h.kind == "note" and h.fts_rank is not None and h.date is not None
+        ]
+        hits = sorted(dated, key=lambda h: (h.date, h.score), reverse=True)
+        limit = 1
     for h in hits:
         if h.kind != "note" or h.resource_id in seen or h.fts_rank is None:
             continue
         seen.add(h.resource_id)
         title = h.text.split(". ", 1)[0]
-        out.append(Statement(text=f"{title}: \"{best_sentence(h.text, terms)}\"",
-                             citations=[ref(h.resource_type, h.resource_id)]))
+        out.append(
+            Statement(
+                text=f'{title}: "{best_sentence(h.text, terms)}"',
+                citations=[ref(h.resource_type, h.resource_id)],
+            )
+        )
         if len(out) >= limit:
             break
     return out
 
 
-def hit_statements(hits: Sequence[Hit], limit: int = 5) -> list[Statement]:
-    """Fallback for questions no intent matched: the best-ranked facts and note sentences."""
+MIN_SIMILARITY = 0.55  # all-MiniLM-L6-v2 cosine; unrelated clinical sentences score ~0.1-0.45
+
+
+def hit_statements(hits: Sequence[Hit], terms: Sequence[str], limit: int = 5) -> list[Statement]:
+    """Fallback for questions no intent matched: retrieved facts and note sentences that match the
+    question's words, or are semantically close to it; weak vector-only neighbours are not facts."""
     out: list[Statement] = []
     seen: set[str] = set()
     for h in hits:
         key = ref(h.resource_type, h.resource_id)
-        if key in seen or (h.fts_rank is None and (h.similarity or 0) < 0.35):
+        if key in seen or (h.fts_rank is None and (h.similarity or 0) < MIN_SIMILARITY):
             continue
         seen.add(key)
-        text = h.text if h.kind == "fact" else h.text[:400]
-        out.append(Statement(text=text.rstrip(".") + ".", citations=[key]))
+        if h.kind == "note":
+            text = f'{h.text.split(". ", 1)[0]}: "{best_sentence(h.text, terms)}"'
+        else:
+            text = h.text.rstrip(".") + "."
+        out.append(Statement(text=text, citations=[key]))
         if len(out) >= limit:
             break
     return out
@@ -156,14 +203,20 @@ def hit_statements(hits: Sequence[Hit], limit: int = 5) -> list[Statement]:
 
 def access_notice(kinds: Sequence[str]) -> Statement:
     labels = ", ".join(KIND_LABEL[k].lower() for k in kinds)
-    return Statement(kind="notice", text=(
-        f"{labels.capitalize()} are outside this session's access (the EHR did not grant that scope), "
-        "so they were not searched."))
+    return Statement(
+        kind="notice",
+        text=(
+            f"{labels.capitalize()} are outside this session's access (the EHR did not grant that scope), "
+            "so they were not searched."
+        ),
+    )
 
 
 def empty_notice(kinds: Sequence[str], window_text: str) -> Statement:
     labels = ", ".join(KIND_LABEL[k].lower() for k in kinds) or "matching data"
-    return Statement(kind="notice", text=f"No {labels} found in this patient's synced record{window_text}.")
+    return Statement(
+        kind="notice", text=f"No {labels} found in this patient's synced record{window_text}."
+    )
 
 
 def window_text(intent: Intent) -> str:

@@ -1,8 +1,8 @@
 """Errors of the rag package.
 
-    RagError (code, status)
-    ├── AnswerNotFound     unknown answer id for this patient (404)
-    └── QuestionRejected   a question the pipeline cannot take (422)
+RagError (code, status)
+├── AnswerNotFound     unknown answer id for this patient (404)
+└── QuestionRejected   a question the pipeline cannot take (422)
 """
 
 from __future__ import annotations

@@ -38,8 +38,12 @@ async def _embed(embedder: Embedder, texts: list[str]) -> Any:
 
 
 async def index_patient(
-    engine: AsyncEngine, embedder: Embedder, access: AccessFilter,
-    changed: Sequence[tuple[str, str]], *, progress: Progress | None = None,
+    engine: AsyncEngine,
+    embedder: Embedder,
+    access: AccessFilter,
+    changed: Sequence[tuple[str, str]],
+    *,
+    progress: Progress | None = None,
 ) -> IndexResult:
     """(Re)build the chunks of the ``changed`` resources of one patient."""
     changed_set = set(changed)
@@ -54,8 +58,11 @@ async def index_patient(
         refs = [(f["resource_type"], f["id"]) for f in facts]
         existing = await repo.chunk_hashes(conn, access, refs)
         drafts: list[ChunkDraft] = [d for f in facts for d in chunks_for_fact(f)]
-        concepts = {concept_id(embedder.model_id, d.concept_text): d.concept_text
-                    for d in drafts if d.concept_text is not None}
+        concepts = {
+            concept_id(embedder.model_id, d.concept_text): d.concept_text
+            for d in drafts
+            if d.concept_text is not None
+        }
         known = await repo.known_concepts(conn, list(concepts))
 
     new_concepts = [(cid, txt) for cid, txt in concepts.items() if cid not in known]
@@ -64,8 +71,10 @@ async def index_patient(
         async with engine.begin() as conn:
             await repo.add_concepts(
                 conn,
-                [{"id": cid, "text": t, "model_id": embedder.model_id, "embedding": v}
-                 for (cid, t), v in zip(new_concepts, vectors, strict=True)],
+                [
+                    {"id": cid, "text": t, "model_id": embedder.model_id, "embedding": v}
+                    for (cid, t), v in zip(new_concepts, vectors, strict=True)
+                ],
             )
 
     rows: list[tuple[ChunkDraft, str | None, Any]] = []
@@ -86,4 +95,6 @@ async def index_patient(
             await progress(min(i + batch, len(to_embed)), len(to_embed))
     async with engine.begin() as conn:
         await repo.replace_chunks(conn, access, refs, rows)
-    return IndexResult(chunks=len(rows), embedded_chunks=len(to_embed), new_concepts=len(new_concepts))
+    return IndexResult(
+        chunks=len(rows), embedded_chunks=len(to_embed), new_concepts=len(new_concepts)
+    )

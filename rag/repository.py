@@ -58,7 +58,9 @@ async def chunk_hashes(
 
 
 async def replace_chunks(
-    conn: AsyncConnection, access: AccessFilter, refs: Sequence[tuple[str, str]],
+    conn: AsyncConnection,
+    access: AccessFilter,
+    refs: Sequence[tuple[str, str]],
     drafts: Sequence[tuple[ChunkDraft, str | None, Any]],
 ) -> None:
     """Replace the chunks of ``refs`` with ``(draft, concept_id, embedding)`` rows."""
@@ -71,10 +73,17 @@ async def replace_chunks(
         )
     rows = [
         {
-            "patient_id": access.patient_id, "id": d.id, "resource_type": d.resource_type,
-            "resource_id": d.resource_id, "encounter_id": d.encounter_id, "date": d.date,
-            "kind": d.kind, "text": d.text, "content_hash": d.content_hash,
-            "concept_id": concept_id, "embedding": emb,
+            "patient_id": access.patient_id,
+            "id": d.id,
+            "resource_type": d.resource_type,
+            "resource_id": d.resource_id,
+            "encounter_id": d.encounter_id,
+            "date": d.date,
+            "kind": d.kind,
+            "text": d.text,
+            "content_hash": d.content_hash,
+            "concept_id": concept_id,
+            "embedding": emb,
         }
         for d, concept_id, emb in drafts
     ]
@@ -132,8 +141,15 @@ class Hit:
 
 
 async def hybrid_search(
-    conn: AsyncConnection, access: AccessFilter, *, query_vector: np.ndarray, terms: Sequence[str],
-    types: Sequence[str] | None = None, k: int = 40, n: int = 12, rrf_k: int = 60,
+    conn: AsyncConnection,
+    access: AccessFilter,
+    *,
+    query_vector: np.ndarray,
+    terms: Sequence[str],
+    types: Sequence[str] | None = None,
+    k: int = 40,
+    n: int = 12,
+    rrf_k: int = 60,
 ) -> list[Hit]:
     """Exact vector + full-text search inside one patient, fused by reciprocal rank, one statement."""
     allowed = sorted(access.resource_types if types is None else set(types) & access.resource_types)
@@ -142,14 +158,21 @@ async def hybrid_search(
     rows = await conn.execute(
         _HYBRID,
         {
-            "qvec": vector_literal(query_vector), "qtext": " | ".join(terms), "pid": access.patient_id,
-            "types": allowed, "k": k, "n": n, "rrf_k": rrf_k,
+            "qvec": vector_literal(query_vector),
+            "qtext": " | ".join(terms),
+            "pid": access.patient_id,
+            "types": allowed,
+            "k": k,
+            "n": n,
+            "rrf_k": rrf_k,
         },
     )
     return [Hit(**dict(r)) for r in rows.mappings()]
 
 
-async def save_answer(conn: AsyncConnection, access: AccessFilter, answer_id: uuid.UUID, body: dict[str, Any]) -> None:
+async def save_answer(
+    conn: AsyncConnection, access: AccessFilter, answer_id: uuid.UUID, body: dict[str, Any]
+) -> None:
     await conn.execute(
         insert(_answer).values(
             id=answer_id, patient_id=access.patient_id, created_at=datetime.now(UTC), body=body
@@ -157,7 +180,11 @@ async def save_answer(conn: AsyncConnection, access: AccessFilter, answer_id: uu
     )
 
 
-async def get_answer(conn: AsyncConnection, access: AccessFilter, answer_id: uuid.UUID) -> dict[str, Any] | None:
+async def get_answer(
+    conn: AsyncConnection, access: AccessFilter, answer_id: uuid.UUID
+) -> dict[str, Any] | None:
     return await conn.scalar(
-        select(_answer.c.body).where(_answer.c.id == answer_id, _answer.c.patient_id == access.patient_id)
+        select(_answer.c.body).where(
+            _answer.c.id == answer_id, _answer.c.patient_id == access.patient_id
+        )
     )

@@ -8,7 +8,8 @@ from smart_app.crypto import TokenCipher, new_key_b64
 from smart_app.jobs import SyncJobs
 from smart_app.oauth import ClientConfig, SmartClient
 from smart_app.repository import append_audit, iter_audit
-from smart_app.routes_api import health, router as api_router
+from smart_app.routes_api import health
+from smart_app.routes_api import router as api_router
 from smart_app.routes_launch import router as launch_router
 from smart_app.routes_web import router as web_router
 from smart_app.scopes import GrantedScopes

@@ -71,5 +71,11 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         ref = uuid.uuid4().hex[:12]
         # Type and reference only: exception messages can carry PHI or tokens.
-        log.error("unhandled %s on %s %s (ref %s)", type(exc).__name__, request.method, request.url.path, ref)
+        log.error(
+            "unhandled %s on %s %s (ref %s)",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            ref,
+        )
         return error_response(request, 500, "internal_error", f"internal error (reference {ref})")

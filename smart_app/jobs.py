@@ -42,13 +42,24 @@ class SyncJobs:
         engine = self.state.engine
         async with engine.begin() as conn:
             running = await latest_sync_run(conn, session.access, status="running")
-            if running is not None and running["started_at"] > datetime.now(UTC) - timedelta(minutes=30):
+            if running is not None and running["started_at"] > datetime.now(UTC) - timedelta(
+                minutes=30
+            ):
                 return running["id"]  # type: ignore[no-any-return]
-            sync_id = await create_sync_run(conn, patient_id=session.patient_id, session_id=session.id_hash[:16])
-            await repo.append_audit(conn, AuditRecord(
-                "sync", "started", actor=session.fhir_user, client_id=session.client_id,
-                patient_id=session.patient_id, detail={"sync_id": str(sync_id), "scopes": str(session.scopes)},
-            ))
+            sync_id = await create_sync_run(
+                conn, patient_id=session.patient_id, session_id=session.id_hash[:16]
+            )
+            await repo.append_audit(
+                conn,
+                AuditRecord(
+                    "sync",
+                    "started",
+                    actor=session.fhir_user,
+                    client_id=session.client_id,
+                    patient_id=session.patient_id,
+                    detail={"sync_id": str(sync_id), "scopes": str(session.scopes)},
+                ),
+            )
         task = asyncio.create_task(self._run(sync_id, session), name=f"sync-{sync_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -69,16 +80,25 @@ class SyncJobs:
             row = await repo.get_session(conn, session.id_hash)
         if row is None:
             raise NotAuthenticated("the session expired during the sync", code="session_expired")
-        expired = row.token_expires_at is not None and row.token_expires_at < datetime.now(UTC) + timedelta(seconds=30)
+        expired = row.token_expires_at is not None and row.token_expires_at < datetime.now(
+            UTC
+        ) + timedelta(seconds=30)
         if not expired:
             return st.cipher.decrypt(row.access_token_enc, context=b"access")
         if row.refresh_token_enc is None:
-            raise NotAuthenticated("the EHR token expired and cannot be refreshed: launch again", code="session_expired")
+            raise NotAuthenticated(
+                "the EHR token expired and cannot be refreshed: launch again",
+                code="session_expired",
+            )
         conf = await st.smart.discover(row.iss)
-        token = await st.smart.refresh(conf, st.config.client, st.cipher.decrypt(row.refresh_token_enc, context=b"refresh"))
+        token = await st.smart.refresh(
+            conf, st.config.client, st.cipher.decrypt(row.refresh_token_enc, context=b"refresh")
+        )
         values: dict[str, Any] = {
             "access_token_enc": st.cipher.encrypt(token.access_token, context=b"access"),
-            "token_expires_at": datetime.fromtimestamp(token.expires_at, UTC) if token.expires_at else None,
+            "token_expires_at": datetime.fromtimestamp(token.expires_at, UTC)
+            if token.expires_at
+            else None,
         }
         if token.refresh_token:
             values["refresh_token_enc"] = st.cipher.encrypt(token.refresh_token, context=b"refresh")
@@ -99,8 +119,14 @@ class SyncJobs:
             async def on_fetch(phase: str, c: dict[str, int], q: int) -> None:
                 await self._set(sync_id, phase=phase, counts=c, quarantined=q)
 
-            puller = Puller(st.engine, client, session.access, sync_id,
-                            page_size=st.config.sync_page_size, progress=on_fetch)
+            puller = Puller(
+                st.engine,
+                client,
+                session.access,
+                sync_id,
+                page_size=st.config.sync_page_size,
+                progress=on_fetch,
+            )
             result = await puller.run()
             counts, quarantined = dict(result.counts), result.quarantined
 
@@ -108,7 +134,9 @@ class SyncJobs:
                 await self._set(sync_id, phase=f"indexing {done}/{total} note chunks")
 
             await self._set(sync_id, phase="indexing", counts=counts, quarantined=quarantined)
-            indexed = await index_patient(st.engine, st.embedder, session.access, result.changed, progress=on_index)
+            indexed = await index_patient(
+                st.engine, st.embedder, session.access, result.changed, progress=on_index
+            )
             counts["chunks_indexed"] = indexed.chunks
             outcome = "partial" if (quarantined or result.errors) else "done"
             error = "; ".join(result.errors) or None
@@ -116,19 +144,42 @@ class SyncJobs:
             error = exc.message
         except asyncio.CancelledError:
             error = "interrupted: the server stopped during the sync"
-        except Exception as exc:  # a sync must end in a recorded state, whatever happened
+        except Exception as exc:  # noqa: BLE001 - a sync must end in a recorded state, whatever happened
             log.error("sync %s failed with %s", sync_id, type(exc).__name__)
             error = f"internal error ({type(exc).__name__})"
         finally:
-            await asyncio.shield(self._finish(sync_id, session, outcome, error, counts, quarantined))
+            await asyncio.shield(
+                self._finish(sync_id, session, outcome, error, counts, quarantined)
+            )
 
-    async def _finish(self, sync_id: uuid.UUID, session: SessionContext, outcome: str,
-                      error: str | None, counts: dict[str, int], quarantined: int) -> None:
+    async def _finish(
+        self,
+        sync_id: uuid.UUID,
+        session: SessionContext,
+        outcome: str,
+        error: str | None,
+        counts: dict[str, int],
+        quarantined: int,
+    ) -> None:
         async with self.state.engine.begin() as conn:
-            await update_sync_run(conn, sync_id, status=outcome, phase="finished", error=error,
-                                  counts=counts, quarantined=quarantined, finished_at=datetime.now(UTC))
-            await repo.append_audit(conn, AuditRecord(
-                "sync", outcome, actor=session.fhir_user, client_id=session.client_id,
-                patient_id=session.patient_id,
-                detail={"sync_id": str(sync_id), "counts": counts, "quarantined": quarantined},
-            ))
+            await update_sync_run(
+                conn,
+                sync_id,
+                status=outcome,
+                phase="finished",
+                error=error,
+                counts=counts,
+                quarantined=quarantined,
+                finished_at=datetime.now(UTC),
+            )
+            await repo.append_audit(
+                conn,
+                AuditRecord(
+                    "sync",
+                    outcome,
+                    actor=session.fhir_user,
+                    client_id=session.client_id,
+                    patient_id=session.patient_id,
+                    detail={"sync_id": str(sync_id), "counts": counts, "quarantined": quarantined},
+                ),
+            )

@@ -141,10 +141,13 @@ class SmartClient:
                 )
         except OAuth2Error as exc:
             raise BadRequest(
-                f"the EHR refused the authorization code ({exc.error})", code="token_exchange_failed"
+                f"the EHR refused the authorization code ({exc.error})",
+                code="token_exchange_failed",
             ) from None
         except httpx2.HTTPError:
-            raise UpstreamError("the EHR's token endpoint is unreachable", code="ehr_unreachable") from None
+            raise UpstreamError(
+                "the EHR's token endpoint is unreachable", code="ehr_unreachable"
+            ) from None
         return _token_response(dict(token))
 
     async def refresh(
@@ -154,7 +157,9 @@ class SmartClient:
             async with self._oauth(client) as oauth:
                 token = await oauth.refresh_token(conf.token_endpoint, refresh_token=refresh_token)
         except (OAuth2Error, httpx2.HTTPError):
-            raise UpstreamError("the EHR refused to refresh the session", code="refresh_failed") from None
+            raise UpstreamError(
+                "the EHR refused to refresh the session", code="refresh_failed"
+            ) from None
         return _token_response(dict(token))
 
     async def verify_id_token(
@@ -162,7 +167,9 @@ class SmartClient:
     ) -> dict[str, Any]:
         """Verify signature (JWKS), iss, aud, exp/iat and nonce; return the claims."""
         if not conf.jwks_uri:
-            raise BadRequest("the EHR publishes no jwks_uri; cannot verify the id_token", code="id_token_invalid")
+            raise BadRequest(
+                "the EHR publishes no jwks_uri; cannot verify the id_token", code="id_token_invalid"
+            )
         keys = await self._keyset(conf.jwks_uri)
         try:
             token = jwt.decode(id_token, keys, algorithms=["RS256", "RS384", "ES256", "ES384"])
@@ -193,13 +200,19 @@ class SmartClient:
         except httpx2.HTTPError:
             raise UpstreamError("the EHR is unreachable", code="ehr_unreachable") from None
         if resp.status_code != 200:
-            raise UpstreamError(f"the EHR answered {resp.status_code} to discovery", code="ehr_discovery")
+            raise UpstreamError(
+                f"the EHR answered {resp.status_code} to discovery", code="ehr_discovery"
+            )
         try:
             body = resp.json()
         except ValueError:
-            raise UpstreamError("the EHR's discovery document is not JSON", code="ehr_discovery") from None
+            raise UpstreamError(
+                "the EHR's discovery document is not JSON", code="ehr_discovery"
+            ) from None
         if not isinstance(body, dict):
-            raise UpstreamError("the EHR's discovery document is not an object", code="ehr_discovery")
+            raise UpstreamError(
+                "the EHR's discovery document is not an object", code="ehr_discovery"
+            )
         return body
 
 

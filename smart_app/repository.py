@@ -25,7 +25,9 @@ def now() -> datetime:
 async def save_launch_state(conn: AsyncConnection, *, ttl_seconds: int, **values: Any) -> None:
     t = now()
     await conn.execute(
-        insert(_launch).values(created_at=t, expires_at=t + timedelta(seconds=ttl_seconds), **values)
+        insert(_launch).values(
+            created_at=t, expires_at=t + timedelta(seconds=ttl_seconds), **values
+        )
     )
     # Housekeeping: drop states that expired more than a day ago.
     await conn.execute(delete(_launch).where(_launch.c.expires_at < t - timedelta(days=1)))
@@ -55,7 +57,9 @@ async def consume_launch_state(conn: AsyncConnection, state_hash: str) -> tuple[
 async def create_session(conn: AsyncConnection, *, ttl_seconds: int, **values: Any) -> None:
     t = now()
     await conn.execute(
-        insert(_session).values(created_at=t, expires_at=t + timedelta(seconds=ttl_seconds), **values)
+        insert(_session).values(
+            created_at=t, expires_at=t + timedelta(seconds=ttl_seconds), **values
+        )
     )
 
 
@@ -99,10 +103,14 @@ async def iter_audit(conn: AsyncConnection, batch: int = 1000) -> AsyncIterator[
     last = 0
     while True:
         rows = (
-            await conn.execute(
-                select(_audit).where(_audit.c.seq > last).order_by(_audit.c.seq).limit(batch)
+            (
+                await conn.execute(
+                    select(_audit).where(_audit.c.seq > last).order_by(_audit.c.seq).limit(batch)
+                )
             )
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
         if not rows:
             return
         for row in rows:
@@ -114,11 +122,15 @@ async def list_audit(
     conn: AsyncConnection, *, patient_id: str, limit: int = 100
 ) -> list[dict[str, Any]]:
     rows = (
-        await conn.execute(
-            select(_audit)
-            .where(_audit.c.patient_id == patient_id)
-            .order_by(_audit.c.seq.desc())
-            .limit(limit)
+        (
+            await conn.execute(
+                select(_audit)
+                .where(_audit.c.patient_id == patient_id)
+                .order_by(_audit.c.seq.desc())
+                .limit(limit)
+            )
         )
-    ).mappings().all()
+        .mappings()
+        .all()
+    )
     return [dict(r) for r in rows]

@@ -41,18 +41,32 @@ class AskRequest(BaseModel):
 
 def _sync_json(run: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": str(run["id"]), "status": run["status"], "phase": run["phase"],
-        "counts": run["counts"], "quarantined": run["quarantined"], "error": run["error"],
+        "id": str(run["id"]),
+        "status": run["status"],
+        "phase": run["phase"],
+        "counts": run["counts"],
+        "quarantined": run["quarantined"],
+        "error": run["error"],
         "started_at": run["started_at"].isoformat(),
         "finished_at": run["finished_at"].isoformat() if run["finished_at"] else None,
     }
 
 
-async def _audit(request: Request, session: SessionContext, action: str, outcome: str, **detail: Any) -> None:
+async def _audit(
+    request: Request, session: SessionContext, action: str, outcome: str, **detail: Any
+) -> None:
     async with app_state(request).engine.begin() as conn:
-        await repo.append_audit(conn, AuditRecord(
-            action, outcome, actor=session.fhir_user, client_id=session.client_id,
-            patient_id=session.patient_id, detail=detail))
+        await repo.append_audit(
+            conn,
+            AuditRecord(
+                action,
+                outcome,
+                actor=session.fhir_user,
+                client_id=session.client_id,
+                patient_id=session.patient_id,
+                detail=detail,
+            ),
+        )
 
 
 @router.get("/context")
@@ -66,12 +80,16 @@ async def context(request: Request, session: Session) -> dict[str, Any]:
         name = (patient.get("name") or [{}])[0]
         banner = {
             "name": " ".join([*name.get("given", []), name.get("family", "")]).strip() or None,
-            "birthDate": patient.get("birthDate"), "gender": patient.get("gender"),
+            "birthDate": patient.get("birthDate"),
+            "gender": patient.get("gender"),
         }
     return {
-        "patient": f"Patient/{session.patient_id}", "fhirUser": session.fhir_user,
-        "scopes": list(session.scopes.raw), "readable_types": sorted(session.access.resource_types),
-        "banner": banner, "last_sync": _sync_json(last) if last else None,
+        "patient": f"Patient/{session.patient_id}",
+        "fhirUser": session.fhir_user,
+        "scopes": list(session.scopes.raw),
+        "readable_types": sorted(session.access.resource_types),
+        "banner": banner,
+        "last_sync": _sync_json(last) if last else None,
     }
 
 
@@ -83,7 +101,9 @@ async def start_sync(request: Request, session: Session) -> JSONResponse:
     async with state.engine.connect() as conn:
         run = await get_sync_run(conn, session.access, sync_id)
     assert run is not None
-    return JSONResponse(_sync_json(run), status_code=202, headers={"Location": f"/api/sync/{sync_id}"})
+    return JSONResponse(
+        _sync_json(run), status_code=202, headers={"Location": f"/api/sync/{sync_id}"}
+    )
 
 
 @router.get("/sync/{sync_id}")
@@ -105,20 +125,33 @@ async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBod
     state = app_state(request)
     async with state.engine.begin() as conn:
         done = await latest_sync_run(conn, session.access, status="done") or await latest_sync_run(
-            conn, session.access, status="partial")
+            conn, session.access, status="partial"
+        )
         if done is None:
-            raise Conflict("this patient has not been synced yet: POST /api/sync first", code="not_synced")
+            raise Conflict(
+                "this patient has not been synced yet: POST /api/sync first", code="not_synced"
+            )
         answer = await answer_question(conn, state.embedder, session.access, body.question)
-        await repo.append_audit(conn, AuditRecord(
-            "ask", "ok", actor=session.fhir_user, client_id=session.client_id, patient_id=session.patient_id,
-            detail={
-                "answer_id": answer.answer_id, "mode": answer.mode,
-                "question_sha256": hashlib.sha256(body.question.encode()).hexdigest(),
-                "cited": sorted(answer.citations), "retrieved": answer.retrieved,
-                "removed_statements": answer.removed_statements, "latency_ms": answer.latency_ms,
-                "scopes": str(session.scopes),
-            },
-        ))
+        await repo.append_audit(
+            conn,
+            AuditRecord(
+                "ask",
+                "ok",
+                actor=session.fhir_user,
+                client_id=session.client_id,
+                patient_id=session.patient_id,
+                detail={
+                    "answer_id": answer.answer_id,
+                    "mode": answer.mode,
+                    "question_sha256": hashlib.sha256(body.question.encode()).hexdigest(),
+                    "cited": sorted(answer.citations),
+                    "retrieved": answer.retrieved,
+                    "removed_statements": answer.removed_statements,
+                    "latency_ms": answer.latency_ms,
+                    "scopes": str(session.scopes),
+                },
+            ),
+        )
     return answer
 
 
@@ -138,12 +171,16 @@ async def get_answer_again(request: Request, answer_id: str, session: Session) -
 
 
 @router.get("/resources/{resource_type}/{resource_id}")
-async def read_resource(request: Request, resource_type: str, resource_id: str, session: Session) -> JSONResponse:
+async def read_resource(
+    request: Request, resource_type: str, resource_id: str, session: Session
+) -> JSONResponse:
     """A stored resource of the launched patient, if the granted scopes allow its type."""
     ref = f"{resource_type[:64]}/{resource_id[:64]}"
     if not session.access.allows(resource_type):
         await _audit(request, session, "resource_read", "scope_denied", resource=ref)
-        raise Forbidden(f"the granted scopes do not allow reading {resource_type[:64]}", code="scope_denied")
+        raise Forbidden(
+            f"the granted scopes do not allow reading {resource_type[:64]}", code="scope_denied"
+        )
     async with app_state(request).engine.connect() as conn:
         resource = await get_resource(conn, session.access, resource_type, resource_id)
     if resource is None:
@@ -157,12 +194,23 @@ async def read_resource(request: Request, resource_type: str, resource_id: str, 
 async def audit_log(request: Request, session: Session, limit: int = 100) -> dict[str, Any]:
     """This patient's audit records, newest first."""
     async with app_state(request).engine.connect() as conn:
-        rows = await repo.list_audit(conn, patient_id=session.patient_id, limit=max(1, min(limit, 1000)))
-    return {"entries": [
-        {"seq": r["seq"], "recorded_at": r["recorded_at"].isoformat(), "action": r["action"],
-         "outcome": r["outcome"], "actor": r["actor"], "detail": r["detail"], "hash": r["hash"]}
-        for r in rows
-    ]}
+        rows = await repo.list_audit(
+            conn, patient_id=session.patient_id, limit=max(1, min(limit, 1000))
+        )
+    return {
+        "entries": [
+            {
+                "seq": r["seq"],
+                "recorded_at": r["recorded_at"].isoformat(),
+                "action": r["action"],
+                "outcome": r["outcome"],
+                "actor": r["actor"],
+                "detail": r["detail"],
+                "hash": r["hash"],
+            }
+            for r in rows
+        ]
+    }
 
 
 @health.get("/healthz")
@@ -176,6 +224,6 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         async with app_state(request).engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "not ready"; the reason is not exposed
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
     return JSONResponse({"status": "ready", "database": "ok"})

@@ -45,7 +45,9 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
     """Start an EHR launch (``iss`` + ``launch``) or a standalone launch (``iss`` only)."""
     state = app_state(request)
     if not iss:
-        raise BadRequest("the launch request has no iss (the EHR's FHIR base URL)", code="missing_iss")
+        raise BadRequest(
+            "the launch request has no iss (the EHR's FHIR base URL)", code="missing_iss"
+        )
     iss = iss.rstrip("/")
     if iss not in state.config.iss_allowlist:
         await _audit(state, AuditRecord("launch", "iss_not_allowed", detail={"iss": iss[:200]}))
@@ -56,20 +58,32 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
     oauth_state, verifier, nonce = random_token(), random_token(48), random_token(16)
     async with state.engine.begin() as conn:
         await repo.save_launch_state(
-            conn, ttl_seconds=state.config.state_ttl_seconds, state_hash=sha256_hex(oauth_state),
-            iss=iss, launch=launch, code_verifier_enc=state.cipher.encrypt(verifier, context=b"pkce"),
-            nonce=nonce, requested_scope=scope,
+            conn,
+            ttl_seconds=state.config.state_ttl_seconds,
+            state_hash=sha256_hex(oauth_state),
+            iss=iss,
+            launch=launch,
+            code_verifier_enc=state.cipher.encrypt(verifier, context=b"pkce"),
+            nonce=nonce,
+            requested_scope=scope,
         )
     url = await state.smart.authorization_url(
-        conf, ClientConfig(client.client_id, client.redirect_uri, scope, client.client_secret),
-        state=oauth_state, code_verifier=verifier, nonce=nonce, launch=launch,
+        conf,
+        ClientConfig(client.client_id, client.redirect_uri, scope, client.client_secret),
+        state=oauth_state,
+        code_verifier=verifier,
+        nonce=nonce,
+        launch=launch,
     )
     return RedirectResponse(url, status_code=302)
 
 
 @router.get("/callback")
 async def callback(
-    request: Request, state: str | None = None, code: str | None = None, error: str | None = None,
+    request: Request,
+    state: str | None = None,
+    code: str | None = None,
+    error: str | None = None,
 ) -> Response:
     """Finish the launch: check state, exchange the code, verify the id_token, open a session."""
     app = app_state(request)
@@ -101,9 +115,13 @@ async def callback(
         if token.id_token:
             claims = await app.smart.verify_id_token(conf, client, token.id_token, nonce=row.nonce)
         elif "openid" in granted:
-            raise BadRequest("openid was granted but the EHR sent no id_token", code="id_token_missing")
+            raise BadRequest(
+                "openid was granted but the EHR sent no id_token", code="id_token_missing"
+            )
         if not token.patient:
-            raise Forbidden("the EHR gave no patient context for this launch", code="no_patient_context")
+            raise Forbidden(
+                "the EHR gave no patient context for this launch", code="no_patient_context"
+            )
     except AppError as exc:
         await _audit(app, AuditRecord("launch", exc.code, detail={"iss": row.iss}))
         raise
@@ -111,21 +129,44 @@ async def callback(
     session_id = random_token()
     async with app.engine.begin() as conn:
         await repo.create_session(
-            conn, ttl_seconds=app.config.session_ttl_seconds, id_hash=sha256_hex(session_id),
-            iss=row.iss, client_id=cfg.client_id, patient_id=token.patient, encounter_id=token.encounter,
-            fhir_user=str(fhir_user) if fhir_user else None, granted_scope=str(granted),
+            conn,
+            ttl_seconds=app.config.session_ttl_seconds,
+            id_hash=sha256_hex(session_id),
+            iss=row.iss,
+            client_id=cfg.client_id,
+            patient_id=token.patient,
+            encounter_id=token.encounter,
+            fhir_user=str(fhir_user) if fhir_user else None,
+            granted_scope=str(granted),
             access_token_enc=app.cipher.encrypt(token.access_token, context=b"access"),
-            refresh_token_enc=app.cipher.encrypt(token.refresh_token, context=b"refresh") if token.refresh_token else None,
-            token_expires_at=datetime.fromtimestamp(token.expires_at, UTC) if token.expires_at else None,
-            need_patient_banner=token.need_patient_banner, smart_style_url=token.smart_style_url,
+            refresh_token_enc=app.cipher.encrypt(token.refresh_token, context=b"refresh")
+            if token.refresh_token
+            else None,
+            token_expires_at=datetime.fromtimestamp(token.expires_at, UTC)
+            if token.expires_at
+            else None,
+            need_patient_banner=token.need_patient_banner,
+            smart_style_url=token.smart_style_url,
         )
-        await repo.append_audit(conn, AuditRecord(
-            "launch", "ok", actor=str(fhir_user) if fhir_user else None, client_id=cfg.client_id,
-            patient_id=token.patient, detail={"iss": row.iss, "scopes": str(granted), "standalone": row.launch is None},
-        ))
+        await repo.append_audit(
+            conn,
+            AuditRecord(
+                "launch",
+                "ok",
+                actor=str(fhir_user) if fhir_user else None,
+                client_id=cfg.client_id,
+                patient_id=token.patient,
+                detail={"iss": row.iss, "scopes": str(granted), "standalone": row.launch is None},
+            ),
+        )
     response = RedirectResponse("/", status_code=302)
     response.set_cookie(
-        app.config.cookie_name, session_id, max_age=app.config.session_ttl_seconds, httponly=True,
-        secure=app.config.secure_cookies, samesite="lax", path="/",
+        app.config.cookie_name,
+        session_id,
+        max_age=app.config.session_ttl_seconds,
+        httponly=True,
+        secure=app.config.secure_cookies,
+        samesite="lax",
+        path="/",
     )
     return response

@@ -57,11 +57,18 @@ async def current_session(request: Request) -> SessionContext:
     async with state.engine.connect() as conn:
         row = await repo.get_session(conn, sha256_hex(raw))
     if row is None:
-        raise NotAuthenticated("the session is unknown or expired: launch chartcite again", code="session_expired")
+        raise NotAuthenticated(
+            "the session is unknown or expired: launch chartcite again", code="session_expired"
+        )
     if not row.patient_id:
         raise Forbidden("this session has no patient context", code="no_patient_context")
     scopes = GrantedScopes.parse(row.granted_scope)
     return SessionContext(
-        id_hash=row.id_hash, iss=row.iss, client_id=row.client_id, patient_id=row.patient_id,
-        fhir_user=row.fhir_user, scopes=scopes, access=access_for(scopes, row.patient_id),
+        id_hash=row.id_hash,
+        iss=row.iss,
+        client_id=row.client_id,
+        patient_id=row.patient_id,
+        fhir_user=row.fhir_user,
+        scopes=scopes,
+        access=access_for(scopes, row.patient_id),
     )

@@ -21,7 +21,6 @@ class AppConfig:
     state_ttl_seconds: int = 600
     session_ttl_seconds: int = 8 * 3600
     secure_cookies: bool = False
-    question_max_chars: int = 2000
     sync_page_size: int = 200
     cookie_name: str = "chartcite_session"
 

@@ -53,11 +53,12 @@ def database(data_dir: Path) -> Iterator[Database]:
 @pytest.fixture(scope="session")
 def demo(data_dir: Path, database: Database) -> Iterator[RunningDemo]:
     port = free_port()
-    settings = Settings(env="dev", data_dir=data_dir, port=port,
-                        model_dir=Settings(env="dev").resolved_model_dir)
+    settings = Settings(env="dev", data_dir=data_dir, port=port)
     store = sandbox_store(patients=8)
     built = build_demo(settings, store, database=database)
     server = BackgroundServer(built.app, "127.0.0.1", port)
     server.start()
-    yield RunningDemo(base_url=settings.base_url, settings=built.settings, store=store, database=database)
+    yield RunningDemo(
+        base_url=settings.base_url, settings=built.settings, store=store, database=database
+    )
     server.stop()

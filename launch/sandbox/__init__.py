@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from launch.sandbox.app import create_sandbox_app
 from launch.sandbox.config import SandboxClient, SandboxConfig
-from launch.sandbox.store import SandboxStore
-
 from launch.sandbox.loader import load_fhir_dir
+from launch.sandbox.store import SandboxStore
 from launch.sandbox.synthetic import generate_patients
 
 __all__ = [

@@ -22,8 +22,14 @@ from tests.integration.conftest import Synced
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_actions_are_audited_and_chain_verifies(demo: RunningDemo, patient_a: Synced) -> None:
@@ -48,7 +54,11 @@ def test_database_refuses_update_delete_truncate(database: Database) -> None:
         finally:
             await engine.dispose()
 
-    for sql in ("UPDATE audit_event SET outcome = 'x'", "DELETE FROM audit_event", "TRUNCATE audit_event"):
+    for sql in (
+        "UPDATE audit_event SET outcome = 'x'",
+        "DELETE FROM audit_event",
+        "TRUNCATE audit_event",
+    ):
         with pytest.raises(DBAPIError, match="append-only"):
             asyncio.run(attempt(sql))
 
@@ -69,14 +79,20 @@ def test_verify_fails_after_a_row_is_altered(database: Database) -> None:
         await upgrade(engine)
         async with engine.begin() as conn:
             for i in range(3):
-                await append_audit(conn, AuditRecord("ask", "ok", actor="Practitioner/p", patient_id=f"p{i}"))
+                await append_audit(
+                    conn, AuditRecord("ask", "ok", actor="Practitioner/p", patient_id=f"p{i}")
+                )
         await engine.dispose()
 
     async def alter() -> None:
         engine = create_engine(tamper, pool_size=1)
         async with engine.begin() as conn:
-            await conn.execute(text("ALTER TABLE audit_event DISABLE TRIGGER audit_event_no_update"))
-            await conn.execute(text("UPDATE audit_event SET patient_id = 'someone-else' WHERE seq = 2"))
+            await conn.execute(
+                text("ALTER TABLE audit_event DISABLE TRIGGER audit_event_no_update")
+            )
+            await conn.execute(
+                text("UPDATE audit_event SET patient_id = 'someone-else' WHERE seq = 2")
+            )
             await conn.execute(text("ALTER TABLE audit_event ENABLE TRIGGER audit_event_no_update"))
         await engine.dispose()
 

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.browser
 def browser() -> Iterator[object]:
     if not (CHROMIUM and DRIVER):
         if os.environ.get("CHARTCITE_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium and chromium-driver are required (apt-get install chromium chromium-driver)")
+            pytest.fail(
+                "chromium and chromium-driver are required (apt-get install chromium chromium-driver)"
+            )
         pytest.skip("chromium/chromedriver not installed")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -29,8 +31,17 @@ def browser() -> Iterator[object]:
     profile = tempfile.mkdtemp(prefix="cc-chrome-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
     try:
@@ -50,7 +61,12 @@ def test_launch_sync_and_ask_in_a_browser(demo: RunningDemo, browser: object) ->
     driver.get(f"{demo.base_url}/ehr/")  # type: ignore[attr-defined]
     driver.find_element(By.CSS_SELECTOR, f'[data-patient-id="{pid}"]').click()  # type: ignore[attr-defined]
     wait = WebDriverWait(driver, 120)
-    wait.until(lambda d: d.find_element(By.ID, "sync-status").get_attribute("data-status") in ("done", "partial", "failed"))
+    wait.until(
+        lambda d: (
+            d.find_element(By.ID, "sync-status").get_attribute("data-status")
+            in ("done", "partial", "failed")
+        )
+    )
     assert driver.find_element(By.ID, "sync-status").get_attribute("data-status") == "done"  # type: ignore[attr-defined]
     patient = demo.store.get("Patient", pid)
     assert patient is not None

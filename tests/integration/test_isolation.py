@@ -13,7 +13,9 @@ def _only_b(demo: RunningDemo, a: str, b: str, rtype: str, key: str) -> list[str
     return sorted({display(r, key) for r in owned(demo.store, b, rtype)} - a_names - {""})
 
 
-def test_questions_about_b_return_nothing_of_b(demo: RunningDemo, patient_a: Synced, patient_b: Synced) -> None:
+def test_questions_about_b_return_nothing_of_b(
+    demo: RunningDemo, patient_a: Synced, patient_b: Synced
+) -> None:
     a, b = patient_a.patient_id, patient_b.patient_id
     b_patient = demo.store.get("Patient", b)
     assert b_patient is not None
@@ -31,12 +33,16 @@ def test_questions_about_b_return_nothing_of_b(demo: RunningDemo, patient_a: Syn
     ]
     for q in questions:
         answer = ask(patient_a.client, q).json()
-        for ref in {c for s in answer["statements"] for c in s["citations"]} | set(answer["citations"]):
+        for ref in {c for s in answer["statements"] for c in s["citations"]} | set(
+            answer["citations"]
+        ):
             assert owner_of(demo.store, ref) == a, f"{q!r} cited {ref}"
         assert b_name not in str(answer["statements"])
 
 
-def test_b_resources_and_answers_are_not_reachable_from_a(demo: RunningDemo, patient_a: Synced, patient_b: Synced) -> None:
+def test_b_resources_and_answers_are_not_reachable_from_a(
+    demo: RunningDemo, patient_a: Synced, patient_b: Synced
+) -> None:
     b_condition = owned(demo.store, patient_b.patient_id, "Condition")[0]
     r = patient_a.client.get(f"/api/resources/Condition/{b_condition['id']}")
     assert r.status_code == 404

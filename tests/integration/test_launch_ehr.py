@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import closing
-
 import base64
 import hashlib
+from contextlib import closing
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
@@ -57,20 +56,39 @@ def test_code_verifier_matches_challenge_end_to_end(demo: RunningDemo) -> None:
     """The sandbox only issues tokens when SHA-256(verifier) equals the challenge; check that the
     sandbox does reject a wrong verifier, so a signed-in session proves S256 was honoured."""
     verifier = "x" * 64
-    digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    digest = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
     with httpx2.Client(base_url=demo.base_url, follow_redirects=False, timeout=30) as c:
         launch = c.get(f"/ehr/launch?patient={_first_patient(demo)}")
         launch_id = parse_qs(urlsplit(launch.headers["location"]).query)["launch"][0]
         redirect_uri = demo.settings.redirect_uri
-        auth = c.get("/ehr/auth/authorize", params={
-            "response_type": "code", "client_id": "chartcite", "redirect_uri": redirect_uri,
-            "scope": "launch openid fhirUser patient/*.rs", "state": "s" * 32, "aud": demo.settings.base_url + "/ehr/fhir",
-            "launch": launch_id, "code_challenge": digest, "code_challenge_method": "S256", "nonce": "n1",
-        })
+        auth = c.get(
+            "/ehr/auth/authorize",
+            params={
+                "response_type": "code",
+                "client_id": "chartcite",
+                "redirect_uri": redirect_uri,
+                "scope": "launch openid fhirUser patient/*.rs",
+                "state": "s" * 32,
+                "aud": demo.settings.base_url + "/ehr/fhir",
+                "launch": launch_id,
+                "code_challenge": digest,
+                "code_challenge_method": "S256",
+                "nonce": "n1",
+            },
+        )
         code = parse_qs(urlsplit(auth.headers["location"]).query)["code"][0]
-        bad = c.post("/ehr/auth/token", data={"grant_type": "authorization_code", "code": code,
-                                              "redirect_uri": redirect_uri, "client_id": "chartcite",
-                                              "code_verifier": "y" * 64})
+        bad = c.post(
+            "/ehr/auth/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "client_id": "chartcite",
+                "code_verifier": "y" * 64,
+            },
+        )
         assert bad.status_code == 400
 
 
@@ -96,11 +114,17 @@ def test_denied_launch_is_403_page(demo: RunningDemo) -> None:
 
 def test_api_without_session_is_401_json(demo: RunningDemo) -> None:
     with httpx2.Client(base_url=demo.base_url, timeout=30) as c:
-        for method, path in (("GET", "/api/context"), ("POST", "/api/sync"), ("GET", "/api/answers/x")):
+        for method, path in (
+            ("GET", "/api/context"),
+            ("POST", "/api/sync"),
+            ("GET", "/api/answers/x"),
+        ):
             r = c.request(method, path, json={} if method == "POST" else None)
             assert r.status_code == 401, path
             assert r.json()["error"]["code"] == "no_session"
         assert c.get("/healthz").json() == {"status": "ok"}
-    with httpx2.Client(base_url=demo.base_url, timeout=30, cookies={"chartcite_session": "forged"}) as c:
+    with httpx2.Client(
+        base_url=demo.base_url, timeout=30, cookies={"chartcite_session": "forged"}
+    ) as c:
         r = c.post("/api/ask", json={"question": "hi"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "session_expired"

@@ -17,7 +17,7 @@ def test_observation_only_launch(demo: RunningDemo, observation_only: Synced) ->
     assert not any("MedicationRequest" in s or "*" in s for s in ctx["scopes"])
     assert ctx["readable_types"] == ["Observation"]
     assert observation_only.status["status"] == "done"
-    assert set(k for k in observation_only.status["counts"] if k[:1].isupper()) == {"Observation"}
+    assert {k for k in observation_only.status["counts"] if k[:1].isupper()} == {"Observation"}
 
     answer = ask(observation_only.client, QUESTION).json()
     body = json.dumps(answer)
@@ -29,8 +29,9 @@ def test_observation_only_launch(demo: RunningDemo, observation_only: Synced) ->
     assert any(c.startswith("Observation/") for s in answer["statements"] for c in s["citations"])
 
 
-def test_observation_only_cannot_read_other_types(demo: RunningDemo, observation_only: Synced,
-                                                  patient_a: Synced) -> None:
+def test_observation_only_cannot_read_other_types(
+    demo: RunningDemo, observation_only: Synced, patient_a: Synced
+) -> None:
     med = owned(demo.store, observation_only.patient_id, "MedicationRequest")[0]
     # Stored by patient A's full-scope session, yet not readable with this session's scopes.
     r = observation_only.client.get(f"/api/resources/MedicationRequest/{med['id']}")

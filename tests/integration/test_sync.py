@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import closing
-
 import uuid
+from contextlib import closing
 
 from launch.demo_client import launch_patient, sync_patient
 from tests.conftest import RunningDemo
@@ -16,7 +15,13 @@ def test_sync_counts_match_the_ehr(demo: RunningDemo, patient_a: Synced) -> None
     status = patient_a.status
     assert status["status"] == "done", status
     assert status["finished_at"] and status["started_at"] <= status["finished_at"]
-    for rtype in ("Observation", "MedicationRequest", "Condition", "Encounter", "DocumentReference"):
+    for rtype in (
+        "Observation",
+        "MedicationRequest",
+        "Condition",
+        "Encounter",
+        "DocumentReference",
+    ):
         expected = len(owned(demo.store, patient_a.patient_id, rtype))
         assert expected > 0
         assert status["counts"].get(rtype) == expected, rtype
@@ -33,12 +38,18 @@ def test_resync_is_idempotent(demo: RunningDemo, patient_a: Synced) -> None:
 
 def test_invalid_resource_is_quarantined_and_sync_goes_on(demo: RunningDemo) -> None:
     pid = str(demo.store.patients()[-1]["id"])
-    demo.store.add({
-        "resourceType": "Observation", "id": "broken-obs", "status": "final",
-        "code": {"text": "Broken"}, "subject": {"reference": f"Patient/{pid}"},
-        "valueQuantity": {"value": "not-a-number"}, "inventedElement": True,
-    })
-    client, resp = launch_patient(demo.base_url, pid)
+    demo.store.add(
+        {
+            "resourceType": "Observation",
+            "id": "broken-obs",
+            "status": "final",
+            "code": {"text": "Broken"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "valueQuantity": {"value": "not-a-number"},
+            "inventedElement": True,
+        }
+    )
+    client, _resp = launch_patient(demo.base_url, pid)
     with closing(client):
         status = sync_patient(client)
         assert status["status"] == "partial"

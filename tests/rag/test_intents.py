@@ -10,11 +10,16 @@ NOW = datetime(2026, 11, 21, tzinfo=UTC)
 
 
 def test_flagship_question() -> None:
-    intent = parse_question("What was this patient's HbA1c trend over the last 18 months, and which "
-                            "medications were previously prescribed?", NOW)
+    intent = parse_question(
+        "What was this patient's HbA1c trend over the last 18 months, and which "
+        "medications were previously prescribed?",
+        NOW,
+    )
     assert {"labs", "medications"} <= intent.kinds
     assert "4548-4" in intent.lab_codes
-    assert intent.since is not None and abs((NOW - intent.since) - timedelta(days=18 * 30.44)) < timedelta(days=1)
+    assert intent.since is not None and abs(
+        (NOW - intent.since) - timedelta(days=18 * 30.44)
+    ) < timedelta(days=1)
 
 
 def test_windows() -> None:
@@ -34,7 +39,9 @@ def test_kinds() -> None:
 
 
 def test_display_matching_uses_distinctive_words() -> None:
-    codes = [{"code": "2823-3", "display": "Potassium [Moles/volume] in Serum or Plasma"},
-             {"code": "4548-4", "display": "Hemoglobin A1c/Hemoglobin.total in Blood"}]
+    codes = [
+        {"code": "2823-3", "display": "Potassium [Moles/volume] in Serum or Plasma"},
+        {"code": "4548-4", "display": "Hemoglobin A1c/Hemoglobin.total in Blood"},
+    ]
     assert match_displays("What is the potassium?", codes) == {"2823-3"}
     assert match_displays("blood results in serum", codes) == set()

@@ -15,9 +15,20 @@ def _rows(n: int) -> list[dict[str, Any]]:
         rec = AuditRecord("ask", "ok", actor="Practitioner/1", patient_id="p", detail={"i": i})
         at = t + timedelta(seconds=i)
         h = chain_hash(prev, rec, at)
-        rows.append({"seq": i + 1, "recorded_at": at, "action": rec.action, "outcome": rec.outcome,
-                     "actor": rec.actor, "client_id": None, "patient_id": "p", "detail": {"i": i},
-                     "prev_hash": prev, "hash": h})
+        rows.append(
+            {
+                "seq": i + 1,
+                "recorded_at": at,
+                "action": rec.action,
+                "outcome": rec.outcome,
+                "actor": rec.actor,
+                "client_id": None,
+                "patient_id": "p",
+                "detail": {"i": i},
+                "prev_hash": prev,
+                "hash": h,
+            }
+        )
         prev = h
     return rows
 
@@ -39,6 +50,9 @@ def test_altered_deleted_or_reordered_rows_break_the_chain() -> None:
     assert not verify_chain(swapped).ok
     rehashed = _rows(3)
     rehashed[1]["outcome"] = "denied"  # attacker recomputes this row's hash...
-    rehashed[1]["hash"] = chain_hash(rehashed[1]["prev_hash"], AuditRecord(
-        "ask", "denied", actor="Practitioner/1", patient_id="p", detail={"i": 1}), rehashed[1]["recorded_at"])
+    rehashed[1]["hash"] = chain_hash(
+        rehashed[1]["prev_hash"],
+        AuditRecord("ask", "denied", actor="Practitioner/1", patient_id="p", detail={"i": 1}),
+        rehashed[1]["recorded_at"],
+    )
     assert verify_chain(rehashed).first_bad_seq == 3  # ...and the next link breaks

@@ -22,7 +22,11 @@ from smart_app.session import access_for
         ("system/Observation.rs", "Observation", False),
         ("patient/Observation.write", "Observation", False),
         ("patient/Observation.sr", "Observation", False),  # letters out of canonical order
-        ("patient/Observation.rs?category=laboratory", "Observation", False),  # restricted: conservative
+        (
+            "patient/Observation.rs?category=laboratory",
+            "Observation",
+            False,
+        ),  # restricted: conservative
         ("patient/Observation.rs", "MedicationRequest", False),
         ("launch openid fhirUser", "Observation", False),
     ],
@@ -32,7 +36,13 @@ def test_can_read(scope: str, rtype: str, readable: bool) -> None:
 
 
 def test_parse_rejects_junk() -> None:
-    for junk in ("patient/observation.rs", "patient/Observation", "patient/Observation.xyz", "openid", ""):
+    for junk in (
+        "patient/observation.rs",
+        "patient/Observation",
+        "patient/Observation.xyz",
+        "openid",
+        "",
+    ):
         assert parse_scope(junk) is None
 
 
@@ -40,5 +50,11 @@ def test_access_filter_from_granted_scopes() -> None:
     access = access_for(GrantedScopes.parse("launch openid fhirUser patient/Observation.rs"), "p1")
     assert access.resource_types == frozenset({"Observation"})
     full = access_for(GrantedScopes.parse("patient/*.rs"), "p1")
-    assert {"Observation", "MedicationRequest", "Medication", "Patient", "DocumentReference"} <= full.resource_types
+    assert {
+        "Observation",
+        "MedicationRequest",
+        "Medication",
+        "Patient",
+        "DocumentReference",
+    } <= full.resource_types
     assert "p1" not in repr(full)
