@@ -128,3 +128,35 @@ def test_api_without_session_is_401_json(demo: RunningDemo) -> None:
     ) as c:
         r = c.post("/api/ask", json={"question": "hi"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "session_expired"
+
+
+def test_expired_state_is_refused(demo: RunningDemo) -> None:
+    import asyncio
+
+    from launch.db import create_engine
+    from smart_app import repository as repo
+    from smart_app.crypto import random_token, sha256_hex
+
+    state = random_token()
+
+    async def store_expired() -> None:
+        engine = create_engine(demo.database, pool_size=1)
+        async with engine.begin() as conn:
+            await repo.save_launch_state(
+                conn,
+                ttl_seconds=-5,
+                state_hash=sha256_hex(state),
+                iss=demo.settings.base_url + "/ehr/fhir",
+                launch=None,
+                code_verifier_enc=b"\x01" + b"0" * 40,
+                nonce="n",
+                requested_scope="openid",
+            )
+        await engine.dispose()
+
+    asyncio.run(store_expired())
+    with httpx2.Client(base_url=demo.base_url, follow_redirects=False, timeout=30) as c:
+        r = c.get("/callback", params={"state": state, "code": "whatever"})
+        assert r.status_code == 400 and "expired" in r.text
+        again = c.get("/callback", params={"state": state, "code": "whatever"})
+        assert again.status_code == 400 and "already used" in again.text
