@@ -167,9 +167,13 @@ async def answer_question(
         kept.append(compose.empty_notice([], window))
 
     cited = {c for s in kept for c in s.citations}
-    facts_count = sum(1 for s in kept if s.kind == "fact")
-    structured = any(s.kind == "fact" and not s.text.startswith(('"',)) for s in kept)
-    confidence = 0.0 if facts_count == 0 else (0.9 if structured and wanted else 0.5)
+    # Structured facts straight from the projections are the strongest evidence; quoted or
+    # retrieved text alone is weaker; nothing found means no confidence at all.
+    facts = [s for s in kept if s.kind == "fact"]
+    from_projections = any(
+        not c.startswith("DocumentReference/") for s in facts for c in s.citations
+    )
+    confidence = 0.0 if not facts else (0.9 if wanted and from_projections else 0.5)
     answer_id = uuid.uuid4()
     body = AnswerBody(
         answer_id=str(answer_id),

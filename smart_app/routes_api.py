@@ -97,7 +97,8 @@ async def context(request: Request, session: Session) -> dict[str, Any]:
 async def start_sync(request: Request, session: Session) -> JSONResponse:
     """Start pulling the launched patient's record (or return the sync already running)."""
     state = app_state(request)
-    sync_id = await state.jobs.start(session)  # type: ignore[attr-defined]
+    assert state.jobs is not None
+    sync_id = await state.jobs.start(session)
     async with state.engine.connect() as conn:
         run = await get_sync_run(conn, session.access, sync_id)
     assert run is not None

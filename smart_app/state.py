@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rag import Embedder
 from smart_app.crypto import TokenCipher
 from smart_app.oauth import ClientConfig, SmartClient
+
+if TYPE_CHECKING:
+    from smart_app.jobs import SyncJobs
 
 
 @dataclass(frozen=True)
@@ -32,4 +36,4 @@ class AppState:
     cipher: TokenCipher
     smart: SmartClient
     embedder: Embedder
-    jobs: object = field(default=None)  # smart_app.jobs.SyncJobs, set by the app factory
+    jobs: SyncJobs | None = None  # set by the app factory once the state exists
