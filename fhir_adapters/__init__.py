@@ -2,7 +2,7 @@
 
 from fhir_adapters.access import AccessFilter
 from fhir_adapters.client import FhirClient
-from fhir_adapters.errors import FhirAdapterError, FhirAuthError, FhirServerError, SyncNotFound
+from fhir_adapters.errors import FhirAdapterError, FhirAuthError, FhirServerError
 from fhir_adapters.normalize import CLINICAL_TYPES, Fact, InvalidResource, project, validate
 from fhir_adapters.repository import (
     create_sync_run,
@@ -29,7 +29,6 @@ __all__ = [
     "InvalidResource",
     "PullResult",
     "Puller",
-    "SyncNotFound",
     "create_sync_run",
     "existing_refs",
     "fact_codes",

@@ -2,8 +2,7 @@
 
 FhirAdapterError (code, status)
 ├── FhirAuthError        401/403 from the FHIR server (token expired, scope missing)
-├── FhirServerError      the FHIR server failed or answered something unusable (502)
-└── SyncNotFound         unknown sync id for this patient (404)
+└── FhirServerError      the FHIR server failed or answered something unusable (502)
 """
 
 from __future__ import annotations
@@ -26,8 +25,3 @@ class FhirAuthError(FhirAdapterError):
 class FhirServerError(FhirAdapterError):
     code = "fhir_server_error"
     status = 502
-
-
-class SyncNotFound(FhirAdapterError):
-    code = "sync_not_found"
-    status = 404

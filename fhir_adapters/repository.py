@@ -173,12 +173,14 @@ async def list_facts(
     if codes is not None:
         conds.append(_fact.c.code.in_(list(codes)))
     if since is not None:
-        # Conditions/meds that started earlier but are still open overlap the window too.
-        conds.append(
-            or_(_fact.c.date >= since, and_(_fact.c.end_date.is_(None), _fact.c.date.is_(None)))
-            if resource_type not in ("MedicationRequest", "Condition")
-            else or_(_fact.c.date >= since, _fact.c.end_date >= since, _fact.c.end_date.is_(None))
-        )
+        if resource_type in ("MedicationRequest", "Condition"):
+            # Started earlier but still open (or ended inside the window): overlaps the window.
+            conds.append(
+                or_(_fact.c.date >= since, _fact.c.end_date >= since, _fact.c.end_date.is_(None))
+            )
+        else:
+            undated = and_(_fact.c.date.is_(None), _fact.c.end_date.is_(None))
+            conds.append(or_(_fact.c.date >= since, undated))
     if until is not None:
         conds.append(or_(_fact.c.date <= until, _fact.c.date.is_(None)))
     rows = await conn.execute(

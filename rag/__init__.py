@@ -3,19 +3,17 @@
 from rag.answer import AnswerBody, CitationInfo, Statement
 from rag.ask import answer_question
 from rag.embeddings import Embedder, ModelNotBuiltError, OnnxEmbedder, load_embedder
-from rag.errors import AnswerNotFound, QuestionRejected, RagError
+from rag.errors import RagError
 from rag.index import IndexResult, index_patient
 from rag.repository import get_answer, hybrid_search
 
 __all__ = [
     "AnswerBody",
-    "AnswerNotFound",
     "CitationInfo",
     "Embedder",
     "IndexResult",
     "ModelNotBuiltError",
     "OnnxEmbedder",
-    "QuestionRejected",
     "RagError",
     "Statement",
     "answer_question",

@@ -1,8 +1,7 @@
-"""Errors of the rag package.
+"""Errors of the rag package: ``RagError`` carries a machine ``code`` and an HTTP ``status``.
 
-RagError (code, status)
-├── AnswerNotFound     unknown answer id for this patient (404)
-└── QuestionRejected   a question the pipeline cannot take (422)
+Model errors (``ModelNotBuiltError``, ``ModelBuildError``) live beside the model code in
+``rag.embeddings`` and ``rag.model_build``.
 """
 
 from __future__ import annotations
@@ -15,13 +14,3 @@ class RagError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-class AnswerNotFound(RagError):
-    code = "answer_not_found"
-    status = 404
-
-
-class QuestionRejected(RagError):
-    code = "invalid_question"
-    status = 422

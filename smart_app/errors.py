@@ -5,8 +5,7 @@
     ├── NotAuthenticated (401)    no_session, session_expired
     ├── Forbidden (403)           iss_not_allowed, scope_denied, no_patient_context
     ├── NotFound (404)            not_found
-    ├── Conflict (409)            not_synced, sync_running
-    ├── Unprocessable (422)       invalid_question (raised as validation errors by FastAPI too)
+    ├── Conflict (409)            not_synced
     └── UpstreamError (502)       ehr_unreachable, ehr_error
 
 Messages are written for people and never contain tokens, PHI or upstream bodies.
@@ -49,11 +48,6 @@ class NotFound(AppError):
 class Conflict(AppError):
     status = 409
     code = "conflict"
-
-
-class Unprocessable(AppError):
-    status = 422
-    code = "invalid_request"
 
 
 class UpstreamError(AppError):

@@ -22,7 +22,6 @@ from fhir_adapters import (
 )
 from rag import index_patient
 from smart_app import repository as repo
-from smart_app.audit import AuditRecord
 from smart_app.errors import AppError, NotAuthenticated
 from smart_app.session import SessionContext
 from smart_app.state import AppState
@@ -51,13 +50,8 @@ class SyncJobs:
             )
             await repo.append_audit(
                 conn,
-                AuditRecord(
-                    "sync",
-                    "started",
-                    actor=session.fhir_user,
-                    client_id=session.client_id,
-                    patient_id=session.patient_id,
-                    detail={"sync_id": str(sync_id), "scopes": str(session.scopes)},
+                session.audit_record(
+                    "sync", "started", sync_id=str(sync_id), scopes=str(session.scopes)
                 ),
             )
         task = asyncio.create_task(self._run(sync_id, session), name=f"sync-{sync_id}")
@@ -174,12 +168,7 @@ class SyncJobs:
             )
             await repo.append_audit(
                 conn,
-                AuditRecord(
-                    "sync",
-                    outcome,
-                    actor=session.fhir_user,
-                    client_id=session.client_id,
-                    patient_id=session.patient_id,
-                    detail={"sync_id": str(sync_id), "counts": counts, "quarantined": quarantined},
+                session.audit_record(
+                    "sync", outcome, sync_id=str(sync_id), counts=counts, quarantined=quarantined
                 ),
             )

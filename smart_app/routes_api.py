@@ -14,7 +14,6 @@ from sqlalchemy import text
 from fhir_adapters import get_resource, get_sync_run, latest_sync_run
 from rag import AnswerBody, answer_question, get_answer
 from smart_app import repository as repo
-from smart_app.audit import AuditRecord
 from smart_app.errors import Conflict, Forbidden, NotFound
 from smart_app.session import SessionContext, app_state, current_session
 
@@ -58,14 +57,7 @@ async def _audit(
     async with app_state(request).engine.begin() as conn:
         await repo.append_audit(
             conn,
-            AuditRecord(
-                action,
-                outcome,
-                actor=session.fhir_user,
-                client_id=session.client_id,
-                patient_id=session.patient_id,
-                detail=detail,
-            ),
+            session.audit_record(action, outcome, **detail),
         )
 
 
@@ -135,22 +127,10 @@ async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBod
         answer = await answer_question(conn, state.embedder, session.access, body.question)
         await repo.append_audit(
             conn,
-            AuditRecord(
+            session.audit_record(
                 "ask",
                 "ok",
-                actor=session.fhir_user,
-                client_id=session.client_id,
-                patient_id=session.patient_id,
-                detail={
-                    "answer_id": answer.answer_id,
-                    "mode": answer.mode,
-                    "question_sha256": hashlib.sha256(body.question.encode()).hexdigest(),
-                    "cited": sorted(answer.citations),
-                    "retrieved": answer.retrieved,
-                    "removed_statements": answer.removed_statements,
-                    "latency_ms": answer.latency_ms,
-                    "scopes": str(session.scopes),
-                },
+                answer_id=answer.answer_id, mode=answer.mode, question_sha256=hashlib.sha256(body.question.encode()).hexdigest(), cited=sorted(answer.citations), retrieved=answer.retrieved, removed_statements=answer.removed_statements, latency_ms=answer.latency_ms, scopes=str(session.scopes),
             ),
         )
     return answer

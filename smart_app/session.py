@@ -7,11 +7,13 @@ The granted scopes (token response) are turned into a plain ``AccessFilter`` for
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 
 from fhir_adapters import CLINICAL_TYPES, AccessFilter
 from smart_app import repository as repo
+from smart_app.audit import AuditRecord
 from smart_app.crypto import sha256_hex
 from smart_app.errors import Forbidden, NotAuthenticated
 from smart_app.scopes import GrantedScopes
@@ -34,6 +36,17 @@ class SessionContext:
 
     def __repr__(self) -> str:
         return f"SessionContext(iss={self.iss!r}, scopes={str(self.scopes)!r})"
+
+    def audit_record(self, action: str, outcome: str, **detail: Any) -> AuditRecord:
+        """An audit record of this session's user, client and patient."""
+        return AuditRecord(
+            action,
+            outcome,
+            actor=self.fhir_user,
+            client_id=self.client_id,
+            patient_id=self.patient_id,
+            detail=detail,
+        )
 
 
 def app_state(request: Request) -> AppState:

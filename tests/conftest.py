@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from launch.db import Database, create_engine, open_database, upgrade
 from launch.sandbox import SandboxStore
@@ -48,6 +51,23 @@ def database(data_dir: Path) -> Iterator[Database]:
     yield db
     if db.embedded is not None:
         db.embedded.cleanup()
+
+
+def scratch_database(database: Database, prefix: str) -> Database:
+    """A new, empty database on the same server, for tests that must not touch the shared one."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        admin = create_engine(database, pool_size=1)
+        async with admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        await admin.dispose()
+
+    asyncio.run(create())
+    return Database(
+        url=make_url(database.url).set(database=name).render_as_string(hide_password=False)
+    )
 
 
 @pytest.fixture(scope="session")

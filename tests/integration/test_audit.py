@@ -7,17 +7,15 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from launch.db import Database, create_engine, upgrade
 from launch.demo_client import ask
 from smart_app import AuditRecord, append_audit
-from tests.conftest import RunningDemo
+from tests.conftest import RunningDemo, scratch_database
 from tests.integration.conftest import Synced
 
 
@@ -65,16 +63,9 @@ def test_database_refuses_update_delete_truncate(database: Database) -> None:
 
 def test_verify_fails_after_a_row_is_altered(database: Database) -> None:
     """A database of its own, so the tampering cannot touch the other tests' chain."""
-    name = f"tamper_{uuid.uuid4().hex[:8]}"
-    url = make_url(database.url)
-    tamper = Database(url=url.set(database=name).render_as_string(hide_password=False))
+    tamper = scratch_database(database, "tamper")
 
     async def prepare() -> None:
-        admin = create_engine(database, pool_size=1)
-        async with admin.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        await admin.dispose()
         engine = create_engine(tamper, pool_size=1)
         await upgrade(engine)
         async with engine.begin() as conn:

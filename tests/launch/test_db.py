@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from launch.app import create_app
 from launch.db import (
@@ -20,24 +17,11 @@ from launch.db import (
     upgrade,
 )
 from launch.settings import Settings
-
-
-def _empty_database(database: Database) -> str:
-    name = f"empty_{uuid.uuid4().hex[:8]}"
-
-    async def make() -> None:
-        admin = create_engine(database, pool_size=1)
-        async with admin.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        await admin.dispose()
-
-    asyncio.run(make())
-    return make_url(database.url).set(database=name).render_as_string(hide_password=False)
+from tests.conftest import scratch_database
 
 
 def test_app_refuses_an_unmigrated_database(database: Database, data_dir: object) -> None:
-    url = _empty_database(database)
+    url = scratch_database(database, "empty").url
     app = create_app(Settings(env="dev", data_dir=data_dir, database_url=SecretStr(url)))
 
     async def start() -> None:
@@ -49,7 +33,7 @@ def test_app_refuses_an_unmigrated_database(database: Database, data_dir: object
 
 
 def test_upgrade_is_idempotent(database: Database) -> None:
-    url = _empty_database(database)
+    url = scratch_database(database, "empty").url
 
     async def run() -> tuple[tuple[str | None, str], tuple[str | None, str], str | None]:
         engine = create_engine(Database(url=url), pool_size=1)
