@@ -26,8 +26,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _patient(table: Any, access: AccessFilter) -> Any:
+    """The (EHR source, patient) condition every patient-scoped statement starts with."""
+    return and_(table.c.source == access.source, table.c.patient_id == access.patient_id)
+
+
 async def store_resources(
-    conn: AsyncConnection, patient_id: str, items: Sequence[tuple[dict[str, Any], str]]
+    conn: AsyncConnection, access: AccessFilter, items: Sequence[tuple[dict[str, Any], str]]
 ) -> dict[tuple[str, str], str]:
     """Upsert (resource, content_hash) pairs; returns ``{(type, id): "new"|"changed"|"same"}``.
 
@@ -40,7 +45,7 @@ async def store_resources(
         (row.resource_type, row.id): row.content_hash
         for row in await conn.execute(
             select(_res.c.resource_type, _res.c.id, _res.c.content_hash).where(
-                _res.c.patient_id == patient_id,
+                _patient(_res, access),
                 tuple_(_res.c.resource_type, _res.c.id).in_(keys),
             )
         )
@@ -55,7 +60,8 @@ async def store_resources(
             meta = resource.get("meta") or {}
             rows.append(
                 {
-                    "patient_id": patient_id,
+                    "source": access.source,
+                    "patient_id": access.patient_id,
                     "resource_type": key[0],
                     "id": key[1],
                     "version_id": meta.get("versionId"),
@@ -69,7 +75,7 @@ async def store_resources(
         stmt = pg_insert(_res).values(rows)
         await conn.execute(
             stmt.on_conflict_do_update(
-                index_elements=["patient_id", "resource_type", "id"],
+                index_elements=["source", "patient_id", "resource_type", "id"],
                 set_={
                     c: stmt.excluded[c]
                     for c in ("version_id", "last_updated", "content_hash", "content", "synced_at")
@@ -79,27 +85,29 @@ async def store_resources(
     return outcome
 
 
-async def store_facts(conn: AsyncConnection, patient_id: str, facts: Sequence[Fact]) -> None:
+async def store_facts(conn: AsyncConnection, access: AccessFilter, facts: Sequence[Fact]) -> None:
     if not facts:
         return
-    rows = [{"patient_id": patient_id, **asdict(f)} for f in facts]
+    key = ("source", "patient_id", "resource_type", "id")
+    rows = [{"source": access.source, "patient_id": access.patient_id, **asdict(f)} for f in facts]
     stmt = pg_insert(_fact).values(rows)
-    cols = [c.name for c in _fact.c if c.name not in ("patient_id", "resource_type", "id")]
+    cols = [c.name for c in _fact.c if c.name not in key]
     await conn.execute(
         stmt.on_conflict_do_update(
-            index_elements=["patient_id", "resource_type", "id"],
+            index_elements=list(key),
             set_={c: stmt.excluded[c] for c in cols},
         )
     )
 
 
 async def quarantine(
-    conn: AsyncConnection, *, patient_id: str, sync_id: uuid.UUID, resource: Any, reason: str
+    conn: AsyncConnection, access: AccessFilter, *, sync_id: uuid.UUID, resource: Any, reason: str
 ) -> None:
     content = resource if isinstance(resource, dict) else {"value": repr(type(resource))}
     await conn.execute(
         insert(_quar).values(
-            patient_id=patient_id,
+            source=access.source,
+            patient_id=access.patient_id,
             sync_id=sync_id,
             resource_type=content.get("resourceType")
             if isinstance(content.get("resourceType"), str)
@@ -119,9 +127,7 @@ async def get_resources(
     if not access.allows(resource_type):
         return []
     rows = await conn.execute(
-        select(_res.c.content).where(
-            _res.c.patient_id == access.patient_id, _res.c.resource_type == resource_type
-        )
+        select(_res.c.content).where(_patient(_res, access), _res.c.resource_type == resource_type)
     )
     return [r.content for r in rows]
 
@@ -133,7 +139,7 @@ async def get_resource(
         return None
     return await conn.scalar(
         select(_res.c.content).where(
-            _res.c.patient_id == access.patient_id,
+            _patient(_res, access),
             _res.c.resource_type == resource_type,
             _res.c.id == resource_id,
         )
@@ -149,7 +155,7 @@ async def existing_refs(
         return set()
     rows = await conn.execute(
         select(_res.c.resource_type, _res.c.id).where(
-            _res.c.patient_id == access.patient_id,
+            _patient(_res, access),
             tuple_(_res.c.resource_type, _res.c.id).in_(wanted),
         )
     )
@@ -169,7 +175,7 @@ async def list_facts(
     """Facts of one type for the patient, oldest first, optionally by code and time window."""
     if not access.allows(resource_type):
         return []
-    conds = [_fact.c.patient_id == access.patient_id, _fact.c.resource_type == resource_type]
+    conds = [_patient(_fact, access), _fact.c.resource_type == resource_type]
     if codes is not None:
         conds.append(_fact.c.code.in_(list(codes)))
     if since is not None:
@@ -205,20 +211,21 @@ async def fact_codes(
             func.min(_fact.c.display).label("display"),
             func.count().label("n"),
         )
-        .where(_fact.c.patient_id == access.patient_id, _fact.c.resource_type == resource_type)
+        .where(_patient(_fact, access), _fact.c.resource_type == resource_type)
         .group_by(_fact.c.code_system, _fact.c.code)
     )
     return [dict(r) for r in rows.mappings()]
 
 
 async def create_sync_run(
-    conn: AsyncConnection, *, patient_id: str, session_id: str | None
+    conn: AsyncConnection, access: AccessFilter, *, session_id: str | None
 ) -> uuid.UUID:
     sync_id = uuid.uuid4()
     await conn.execute(
         insert(_sync).values(
             id=sync_id,
-            patient_id=patient_id,
+            source=access.source,
+            patient_id=access.patient_id,
             session_id=session_id,
             status="running",
             phase="queued",
@@ -230,19 +237,19 @@ async def create_sync_run(
     return sync_id
 
 
-async def update_sync_run(conn: AsyncConnection, sync_id: uuid.UUID, **values: Any) -> None:
-    await conn.execute(update(_sync).where(_sync.c.id == sync_id).values(**values))
+async def update_sync_run(
+    conn: AsyncConnection, access: AccessFilter, sync_id: uuid.UUID, **values: Any
+) -> None:
+    await conn.execute(
+        update(_sync).where(_patient(_sync, access), _sync.c.id == sync_id).values(**values)
+    )
 
 
 async def get_sync_run(
     conn: AsyncConnection, access: AccessFilter, sync_id: uuid.UUID
 ) -> dict[str, Any] | None:
     row = (
-        (
-            await conn.execute(
-                select(_sync).where(_sync.c.id == sync_id, _sync.c.patient_id == access.patient_id)
-            )
-        )
+        (await conn.execute(select(_sync).where(_patient(_sync, access), _sync.c.id == sync_id)))
         .mappings()
         .one_or_none()
     )
@@ -252,7 +259,7 @@ async def get_sync_run(
 async def latest_sync_run(
     conn: AsyncConnection, access: AccessFilter, *, status: str | None = None
 ) -> dict[str, Any] | None:
-    conds = [_sync.c.patient_id == access.patient_id]
+    conds = [_patient(_sync, access)]
     if status is not None:
         conds.append(_sync.c.status == status)
     row = (

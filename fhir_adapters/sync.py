@@ -127,7 +127,7 @@ class Puller:
                     )
                     continue
                 good[(rtype, resource["id"])] = (resource, content_hash(resource))
-            outcome = await repo.store_resources(conn, self.access.patient_id, list(good.values()))
+            outcome = await repo.store_resources(conn, self.access, list(good.values()))
             for resource, _ in good.values():
                 key = (resource["resourceType"], resource["id"])
                 self.result.counts[key[0]] += 1
@@ -140,7 +140,7 @@ class Puller:
         self.result.quarantined += 1
         await repo.quarantine(
             conn,
-            patient_id=self.access.patient_id,
+            self.access,
             sync_id=self.sync_id,
             resource=resource,
             reason=reason,
@@ -169,7 +169,7 @@ class Puller:
                 await self._ingest([med])
 
     def _support_access(self) -> AccessFilter:
-        return AccessFilter(self.access.patient_id, self.access.resource_types | SUPPORT_TYPES)
+        return self.access.widened_for_support(SUPPORT_TYPES)
 
     async def _project(self) -> None:
         """Project changed clinical resources to facts (notes need their attachment text)."""
@@ -201,7 +201,7 @@ class Puller:
                 facts.append(fact)
         async with self.engine.begin() as conn:
             for i in range(0, len(facts), 500):
-                await repo.store_facts(conn, self.access.patient_id, facts[i : i + 500])
+                await repo.store_facts(conn, self.access, facts[i : i + 500])
 
     async def _report(self, phase: str) -> None:
         if self.progress is not None:

@@ -1,7 +1,8 @@
 """FHIR store tables: raw resources, typed projections, sync runs and quarantine.
 
-Every patient-scoped table has ``patient_id`` first in its primary key (btree), so a chart query is
-an index range scan and the schema can be distributed on ``patient_id`` (Citus) unchanged.
+Every patient-scoped table has ``(source, patient_id)`` first in its primary key (btree): ``source``
+is the registered EHR's stable key, so two EHRs' ``Patient/123`` never meet, a chart query is an
+index range scan, and the schema can be distributed on ``patient_id`` (Citus) unchanged.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, Text
+from sqlalchemy import BigInteger, Column, DateTime, Float, Identity, Integer, Text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlmodel import Field, SQLModel
 
@@ -23,6 +24,7 @@ class FhirResource(SQLModel, table=True):
     """A stored FHIR resource, raw JSON as received (validated with fhir.resources R4B)."""
 
     __tablename__ = "fhir_resource"
+    source: str = Field(sa_column=Column(Text, primary_key=True))
     patient_id: str = Field(sa_column=Column(Text, primary_key=True))
     resource_type: str = Field(sa_column=Column(Text, primary_key=True))
     id: str = Field(sa_column=Column(Text, primary_key=True))
@@ -42,6 +44,7 @@ class ClinicalFact(SQLModel, table=True):
     """
 
     __tablename__ = "clinical_fact"
+    source: str = Field(sa_column=Column(Text, primary_key=True))
     patient_id: str = Field(sa_column=Column(Text, primary_key=True))
     resource_type: str = Field(sa_column=Column(Text, primary_key=True))
     id: str = Field(sa_column=Column(Text, primary_key=True))
@@ -63,8 +66,9 @@ class SyncRun(SQLModel, table=True):
     """One pull of a patient's compartment, with progress counters."""
 
     __tablename__ = "sync_run"
+    source: str = Field(sa_column=Column(Text, primary_key=True))
+    patient_id: str = Field(sa_column=Column(Text, primary_key=True))
     id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
-    patient_id: str = Field(sa_column=Column(Text, nullable=False, index=True))
     session_id: str | None = Field(default=None, sa_column=Column(Text))
     status: str = Field(sa_column=Column(Text, nullable=False))
     phase: str = Field(default="queued", sa_column=Column(Text, nullable=False))
@@ -79,8 +83,11 @@ class Quarantine(SQLModel, table=True):
     """A resource that failed validation; the reason names fields and error types, never values."""
 
     __tablename__ = "quarantine"
-    seq: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
-    patient_id: str = Field(sa_column=Column(Text, nullable=False, index=True))
+    source: str = Field(sa_column=Column(Text, primary_key=True))
+    patient_id: str = Field(sa_column=Column(Text, primary_key=True))
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
+    )
     sync_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
     resource_type: str | None = Field(default=None, sa_column=Column(Text))
     resource_id: str | None = Field(default=None, sa_column=Column(Text))

@@ -1,7 +1,7 @@
 """All SQL of the index: concepts, chunks, hybrid retrieval (one statement) and answers.
 
 Every chart query takes an ``AccessFilter``: one patient, allowed types. Per-patient vector search
-is an exact scan over the patient's rows (btree on ``patient_id``), never an ANN index.
+is an exact scan over the patient's rows (btree on ``(source, patient_id)``), never an ANN index.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ async def chunk_hashes(
         return {}
     rows = await conn.execute(
         select(_chunk.c.id, _chunk.c.content_hash, _chunk.c.embedding).where(
+            _chunk.c.source == access.source,
             _chunk.c.patient_id == access.patient_id,
             tuple_(_chunk.c.resource_type, _chunk.c.resource_id).in_(list(refs)),
         )
@@ -67,12 +68,14 @@ async def replace_chunks(
     if refs:
         await conn.execute(
             delete(_chunk).where(
+                _chunk.c.source == access.source,
                 _chunk.c.patient_id == access.patient_id,
                 tuple_(_chunk.c.resource_type, _chunk.c.resource_id).in_(list(refs)),
             )
         )
     rows = [
         {
+            "source": access.source,
             "patient_id": access.patient_id,
             "id": d.id,
             "resource_type": d.resource_type,
@@ -101,14 +104,15 @@ vec AS (
     SELECT c.id, row_number() OVER (ORDER BY COALESCE(c.embedding, k.embedding) <=> q.v) AS r,
            1 - (COALESCE(c.embedding, k.embedding) <=> q.v) AS similarity
     FROM chunk c LEFT JOIN concept k ON k.id = c.concept_id, q
-    WHERE c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[]))
+    WHERE c.source = :src AND c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[]))
     ORDER BY COALESCE(c.embedding, k.embedding) <=> q.v
     LIMIT :k
 ),
 fts AS (
     SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.id) AS r
     FROM chunk c, q
-    WHERE c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[])) AND c.tsv @@ q.tq
+    WHERE c.source = :src AND c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[]))
+      AND c.tsv @@ q.tq
     ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.id
     LIMIT :k
 )
@@ -116,7 +120,7 @@ SELECT c.id, c.resource_type, c.resource_id, c.encounter_id, c.date, c.kind, c.t
        vec.r AS vec_rank, fts.r AS fts_rank, vec.similarity,
        COALESCE(1.0 / (:rrf_k + vec.r), 0) + COALESCE(1.0 / (:rrf_k + fts.r), 0) AS score
 FROM (SELECT id FROM vec UNION SELECT id FROM fts) hits
-JOIN chunk c ON c.patient_id = :pid AND c.id = hits.id
+JOIN chunk c ON c.source = :src AND c.patient_id = :pid AND c.id = hits.id
 LEFT JOIN vec ON vec.id = hits.id
 LEFT JOIN fts ON fts.id = hits.id
 ORDER BY score DESC, c.id
@@ -160,6 +164,7 @@ async def hybrid_search(
         {
             "qvec": vector_literal(query_vector),
             "qtext": " | ".join(terms),
+            "src": access.source,
             "pid": access.patient_id,
             "types": allowed,
             "k": k,
@@ -175,7 +180,11 @@ async def save_answer(
 ) -> None:
     await conn.execute(
         insert(_answer).values(
-            id=answer_id, patient_id=access.patient_id, created_at=datetime.now(UTC), body=body
+            id=answer_id,
+            source=access.source,
+            patient_id=access.patient_id,
+            created_at=datetime.now(UTC),
+            body=body,
         )
     )
 
@@ -185,6 +194,8 @@ async def get_answer(
 ) -> dict[str, Any] | None:
     return await conn.scalar(
         select(_answer.c.body).where(
-            _answer.c.id == answer_id, _answer.c.patient_id == access.patient_id
+            _answer.c.source == access.source,
+            _answer.c.patient_id == access.patient_id,
+            _answer.c.id == answer_id,
         )
     )

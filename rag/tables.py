@@ -32,6 +32,7 @@ class Chunk(SQLModel, table=True):
     """
 
     __tablename__ = "chunk"
+    source: str = Field(sa_column=Column(Text, primary_key=True))
     patient_id: str = Field(sa_column=Column(Text, primary_key=True))
     id: str = Field(sa_column=Column(Text, primary_key=True))
     resource_type: str = Field(sa_column=Column(Text, nullable=False))
@@ -49,8 +50,9 @@ class Answer(SQLModel, table=True):
     """An answer exactly as returned, so ``GET /api/answers/{id}`` can return it unchanged."""
 
     __tablename__ = "answer"
+    source: str = Field(sa_column=Column(Text, primary_key=True))
+    patient_id: str = Field(sa_column=Column(Text, primary_key=True))
     id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
-    patient_id: str = Field(sa_column=Column(Text, nullable=False, index=True))
     created_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

@@ -26,21 +26,28 @@ class AuditRecord:
     actor: str | None = None
     client_id: str | None = None
     patient_id: str | None = None
+    source: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 def canonical(record: AuditRecord, recorded_at: datetime) -> str:
-    """Stable JSON of the hashed fields (sorted keys, no whitespace, UTC ISO timestamp)."""
+    """Stable JSON of the hashed fields (sorted keys, no whitespace, UTC ISO timestamp).
+
+    ``source`` is hashed when set; rows written before it existed (NULL) keep their hashes.
+    """
+    fields: dict[str, Any] = {
+        "action": record.action,
+        "actor": record.actor,
+        "client_id": record.client_id,
+        "detail": dict(record.detail),
+        "outcome": record.outcome,
+        "patient_id": record.patient_id,
+        "recorded_at": recorded_at.isoformat(timespec="microseconds"),
+    }
+    if record.source is not None:
+        fields["source"] = record.source
     return json.dumps(
-        {
-            "action": record.action,
-            "actor": record.actor,
-            "client_id": record.client_id,
-            "detail": dict(record.detail),
-            "outcome": record.outcome,
-            "patient_id": record.patient_id,
-            "recorded_at": recorded_at.isoformat(timespec="microseconds"),
-        },
+        fields,
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -73,6 +80,7 @@ def verify_chain(rows: Iterable[Mapping[str, Any]]) -> ChainReport:
             actor=row["actor"],
             client_id=row["client_id"],
             patient_id=row["patient_id"],
+            source=row.get("source"),
             detail=row["detail"],
         )
         if chain_hash(prev, record, row["recorded_at"]) != row["hash"]:

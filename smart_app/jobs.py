@@ -45,9 +45,7 @@ class SyncJobs:
                 minutes=30
             ):
                 return running["id"]  # type: ignore[no-any-return]
-            sync_id = await create_sync_run(
-                conn, patient_id=session.patient_id, session_id=session.id_hash[:16]
-            )
+            sync_id = await create_sync_run(conn, session.access, session_id=session.id_hash[:16])
             await repo.append_audit(
                 conn,
                 session.audit_record(
@@ -100,9 +98,9 @@ class SyncJobs:
             await repo.update_session_tokens(conn, row.id_hash, **values)
         return token.access_token
 
-    async def _set(self, sync_id: uuid.UUID, **values: Any) -> None:
+    async def _set(self, session: SessionContext, sync_id: uuid.UUID, **values: Any) -> None:
         async with self.state.engine.begin() as conn:
-            await update_sync_run(conn, sync_id, **values)
+            await update_sync_run(conn, session.access, sync_id, **values)
 
     async def _run(self, sync_id: uuid.UUID, session: SessionContext) -> None:
         st = self.state
@@ -111,7 +109,7 @@ class SyncJobs:
             client = FhirClient(session.iss, await self._access_token(session))
 
             async def on_fetch(phase: str, c: dict[str, int], q: int) -> None:
-                await self._set(sync_id, phase=phase, counts=c, quarantined=q)
+                await self._set(session, sync_id, phase=phase, counts=c, quarantined=q)
 
             puller = Puller(
                 st.engine,
@@ -125,9 +123,11 @@ class SyncJobs:
             counts, quarantined = dict(result.counts), result.quarantined
 
             async def on_index(done: int, total: int) -> None:
-                await self._set(sync_id, phase=f"indexing {done}/{total} note chunks")
+                await self._set(session, sync_id, phase=f"indexing {done}/{total} note chunks")
 
-            await self._set(sync_id, phase="indexing", counts=counts, quarantined=quarantined)
+            await self._set(
+                session, sync_id, phase="indexing", counts=counts, quarantined=quarantined
+            )
             indexed = await index_patient(
                 st.engine, st.embedder, session.access, result.changed, progress=on_index
             )
@@ -158,6 +158,7 @@ class SyncJobs:
         async with self.state.engine.begin() as conn:
             await update_sync_run(
                 conn,
+                session.access,
                 sync_id,
                 status=outcome,
                 phase="finished",

@@ -89,6 +89,7 @@ async def append_audit(conn: AsyncConnection, record: AuditRecord) -> str:
             outcome=record.outcome,
             actor=record.actor,
             client_id=record.client_id,
+            source=record.source,
             patient_id=record.patient_id,
             detail=dict(record.detail),
             prev_hash=prev,
@@ -119,13 +120,13 @@ async def iter_audit(conn: AsyncConnection, batch: int = 1000) -> AsyncIterator[
 
 
 async def list_audit(
-    conn: AsyncConnection, *, patient_id: str, limit: int = 100
+    conn: AsyncConnection, *, source: str, patient_id: str, limit: int = 100
 ) -> list[dict[str, Any]]:
     rows = (
         (
             await conn.execute(
                 select(_audit)
-                .where(_audit.c.patient_id == patient_id)
+                .where(_audit.c.source == source, _audit.c.patient_id == patient_id)
                 .order_by(_audit.c.seq.desc())
                 .limit(limit)
             )

@@ -130,7 +130,14 @@ async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBod
             session.audit_record(
                 "ask",
                 "ok",
-                answer_id=answer.answer_id, mode=answer.mode, question_sha256=hashlib.sha256(body.question.encode()).hexdigest(), cited=sorted(answer.citations), retrieved=answer.retrieved, removed_statements=answer.removed_statements, latency_ms=answer.latency_ms, scopes=str(session.scopes),
+                answer_id=answer.answer_id,
+                mode=answer.mode,
+                question_sha256=hashlib.sha256(body.question.encode()).hexdigest(),
+                cited=sorted(answer.citations),
+                retrieved=answer.retrieved,
+                removed_statements=answer.removed_statements,
+                latency_ms=answer.latency_ms,
+                scopes=str(session.scopes),
             ),
         )
     return answer
@@ -176,7 +183,10 @@ async def audit_log(request: Request, session: Session, limit: int = 100) -> dic
     """This patient's audit records, newest first."""
     async with app_state(request).engine.connect() as conn:
         rows = await repo.list_audit(
-            conn, patient_id=session.patient_id, limit=max(1, min(limit, 1000))
+            conn,
+            source=session.source,
+            patient_id=session.patient_id,
+            limit=max(1, min(limit, 1000)),
         )
     return {
         "entries": [

@@ -16,6 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from smart_app import repository as repo
 from smart_app.audit import AuditRecord
 from smart_app.crypto import random_token, sha256_hex
+from smart_app.ehrs import normalise_iss, source_key
 from smart_app.errors import AppError, BadRequest, Forbidden
 from smart_app.oauth import ClientConfig
 from smart_app.scopes import GrantedScopes
@@ -48,7 +49,7 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
         raise BadRequest(
             "the launch request has no iss (the EHR's FHIR base URL)", code="missing_iss"
         )
-    iss = iss.rstrip("/")
+    iss = normalise_iss(iss)
     if iss not in state.config.iss_allowlist:
         await _audit(state, AuditRecord("launch", "iss_not_allowed", detail={"iss": iss[:200]}))
         raise Forbidden("this EHR (iss) is not on chartcite's allow-list", code="iss_not_allowed")
@@ -61,6 +62,7 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
             conn,
             ttl_seconds=state.config.state_ttl_seconds,
             state_hash=sha256_hex(oauth_state),
+            source=source_key(iss),
             iss=iss,
             launch=launch,
             code_verifier_enc=state.cipher.encrypt(verifier, context=b"pkce"),
@@ -132,6 +134,7 @@ async def callback(
             conn,
             ttl_seconds=app.config.session_ttl_seconds,
             id_hash=sha256_hex(session_id),
+            source=row.source,
             iss=row.iss,
             client_id=cfg.client_id,
             patient_id=token.patient,
@@ -155,6 +158,7 @@ async def callback(
                 "ok",
                 actor=str(fhir_user) if fhir_user else None,
                 client_id=cfg.client_id,
+                source=row.source,
                 patient_id=token.patient,
                 detail={"iss": row.iss, "scopes": str(granted), "standalone": row.launch is None},
             ),

@@ -28,6 +28,7 @@ class SessionContext:
 
     id_hash: str
     iss: str
+    source: str
     client_id: str
     patient_id: str
     fhir_user: str | None
@@ -44,6 +45,7 @@ class SessionContext:
             outcome,
             actor=self.fhir_user,
             client_id=self.client_id,
+            source=self.source,
             patient_id=self.patient_id,
             detail=detail,
         )
@@ -54,11 +56,11 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-def access_for(scopes: GrantedScopes, patient_id: str) -> AccessFilter:
+def access_for(scopes: GrantedScopes, source: str, patient_id: str) -> AccessFilter:
     readable = scopes.readable_types(frozenset(CHART_TYPES))
     if "MedicationRequest" in readable:
         readable |= {"Medication"}
-    return AccessFilter(patient_id, frozenset(readable))
+    return AccessFilter(source, patient_id, frozenset(readable))
 
 
 async def current_session(request: Request) -> SessionContext:
@@ -79,9 +81,10 @@ async def current_session(request: Request) -> SessionContext:
     return SessionContext(
         id_hash=row.id_hash,
         iss=row.iss,
+        source=row.source,
         client_id=row.client_id,
         patient_id=row.patient_id,
         fhir_user=row.fhir_user,
         scopes=scopes,
-        access=access_for(scopes, row.patient_id),
+        access=access_for(scopes, row.source, row.patient_id),
     )

@@ -19,6 +19,7 @@ class LaunchState(SQLModel, table=True):
 
     __tablename__ = "launch_state"
     state_hash: str = Field(sa_column=Column(Text, primary_key=True))
+    source: str = Field(sa_column=Column(Text, nullable=False))
     iss: str = Field(sa_column=Column(Text, nullable=False))
     launch: str | None = Field(default=None, sa_column=Column(Text))
     code_verifier_enc: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -34,6 +35,7 @@ class AppSession(SQLModel, table=True):
 
     __tablename__ = "app_session"
     id_hash: str = Field(sa_column=Column(Text, primary_key=True))
+    source: str = Field(sa_column=Column(Text, nullable=False))
     iss: str = Field(sa_column=Column(Text, nullable=False))
     client_id: str = Field(sa_column=Column(Text, nullable=False))
     patient_id: str | None = Field(default=None, sa_column=Column(Text))
@@ -59,6 +61,7 @@ class AuditEvent(SQLModel, table=True):
     outcome: str = Field(sa_column=Column(Text, nullable=False))
     actor: str | None = Field(default=None, sa_column=Column(Text))
     client_id: str | None = Field(default=None, sa_column=Column(Text))
+    source: str | None = Field(default=None, sa_column=Column(Text))
     patient_id: str | None = Field(default=None, sa_column=Column(Text))
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
     prev_hash: str = Field(sa_column=Column(Text, nullable=False))

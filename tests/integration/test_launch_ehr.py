@@ -136,6 +136,7 @@ def test_expired_state_is_refused(demo: RunningDemo) -> None:
     from launch.db import create_engine
     from smart_app import repository as repo
     from smart_app.crypto import random_token, sha256_hex
+    from smart_app.ehrs import source_key
 
     state = random_token()
 
@@ -146,6 +147,7 @@ def test_expired_state_is_refused(demo: RunningDemo) -> None:
                 conn,
                 ttl_seconds=-5,
                 state_hash=sha256_hex(state),
+                source=source_key(demo.settings.base_url + "/ehr/fhir"),
                 iss=demo.settings.base_url + "/ehr/fhir",
                 launch=None,
                 code_verifier_enc=b"\x01" + b"0" * 40,

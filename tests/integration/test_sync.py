@@ -52,7 +52,7 @@ def test_invalid_resource_is_quarantined_and_sync_goes_on(demo: RunningDemo) -> 
     client, _resp = launch_patient(demo.base_url, pid)
     with closing(client):
         status = sync_patient(client)
-        assert status["status"] == "partial"
+        assert status["status"] == "partial", status["error"]
         assert status["quarantined"] == 1
         assert status["counts"]["Observation"] == len(owned(demo.store, pid, "Observation")) - 1
         assert client.get("/api/resources/Observation/broken-obs").status_code == 404

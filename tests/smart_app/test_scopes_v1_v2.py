@@ -47,9 +47,11 @@ def test_parse_rejects_junk() -> None:
 
 
 def test_access_filter_from_granted_scopes() -> None:
-    access = access_for(GrantedScopes.parse("launch openid fhirUser patient/Observation.rs"), "p1")
+    access = access_for(
+        GrantedScopes.parse("launch openid fhirUser patient/Observation.rs"), "ehr-a", "p1"
+    )
     assert access.resource_types == frozenset({"Observation"})
-    full = access_for(GrantedScopes.parse("patient/*.rs"), "p1")
+    full = access_for(GrantedScopes.parse("patient/*.rs"), "ehr-a", "p1")
     assert {
         "Observation",
         "MedicationRequest",
