@@ -167,12 +167,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from launch.bench import run_bench
+def cmd_bench_ask(args: argparse.Namespace) -> int:
+    from launch import bench_ask
 
-    return run_bench(
+    return bench_ask.run(
         asks=args.asks, patients=args.patients, data=Path(args.data) if args.data else None
     )
+
+
+def cmd_bench_sync(args: argparse.Namespace) -> int:
+    from launch import bench_sync
+
+    return bench_sync.run(patients=args.patients, data=Path(args.data) if args.data else None)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -221,11 +227,18 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=cmd_model_build)
 
-    bench = sub.add_parser("bench", help="measure demo start, sync and ask latency")
-    bench.add_argument("--asks", type=int, default=50)
-    bench.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
-    bench.add_argument("--data", help="FHIR folder for the sandbox (e.g. Synthea output)")
-    bench.set_defaults(func=cmd_bench)
+    bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(
+        dest="bench_command", required=True
+    )
+    bench_ask = bench.add_parser("ask", help="ask latency p50/p95")
+    bench_ask.add_argument("--asks", type=int, default=50)
+    bench_ask.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
+    bench_ask.add_argument("--data", help="FHIR folder for the sandbox (e.g. Synthea output)")
+    bench_ask.set_defaults(func=cmd_bench_ask)
+    bench_sync = bench.add_parser("sync", help="sync time per patient")
+    bench_sync.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
+    bench_sync.add_argument("--data", help="FHIR folder for the sandbox (e.g. Synthea output)")
+    bench_sync.set_defaults(func=cmd_bench_sync)
     return p
 
 

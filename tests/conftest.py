@@ -4,6 +4,7 @@ by uvicorn on a free loopback port. Tests talk to it over real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import uuid
@@ -19,6 +20,19 @@ from launch.db import Database, create_engine, open_database, upgrade
 from launch.sandbox import SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
 from launch.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared next to the clone (CI has it; a user's clone may not). CHARTCITE_SHARED_DIR overrides.
+SHARED_DIR = Path(os.environ.get("CHARTCITE_SHARED_DIR") or ROOT.parent / "shared")
+SYNTHEA_DIR = SHARED_DIR / "data" / "synthea"
+
+
+@pytest.fixture(scope="session")
+def synthea_dir() -> Path:
+    """The 16 Synthea patients of ``../shared/data/synthea``; skips (with the reason) without them."""
+    if not (SYNTHEA_DIR / "_shared").is_dir():
+        pytest.skip(f"Synthea sample data not found at {SYNTHEA_DIR} (set CHARTCITE_SHARED_DIR)")
+    return SYNTHEA_DIR
 
 
 @dataclass
