@@ -5,10 +5,10 @@ from fhir_adapters.client import FhirClient
 from fhir_adapters.errors import FhirAdapterError, FhirAuthError, FhirServerError
 from fhir_adapters.normalize import CLINICAL_TYPES, Fact, InvalidResource, project, validate
 from fhir_adapters.repository import (
+    close_dead_runs,
     create_sync_run,
     existing_refs,
     fact_codes,
-    fail_stale_runs,
     get_resource,
     get_resources,
     get_sync_run,
@@ -29,10 +29,10 @@ __all__ = [
     "InvalidResource",
     "PullResult",
     "Puller",
+    "close_dead_runs",
     "create_sync_run",
     "existing_refs",
     "fact_codes",
-    "fail_stale_runs",
     "get_resource",
     "get_resources",
     "get_sync_run",

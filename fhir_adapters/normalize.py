@@ -17,6 +17,8 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from fhir_adapters.notes import binary_ids, note_text
+
 CLINICAL_TYPES = frozenset(
     {
         "Observation",
@@ -64,6 +66,10 @@ class Fact:
     unit: str | None = None
     encounter_id: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    #: Content hash of the raw resource version projected (set by the sync, not by ``project``).
+    source_hash: str | None = None
+    #: Why the fact lacks something it should have (note text, the Medication), else ``None``.
+    incomplete: str | None = None
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -175,10 +181,16 @@ def _observation(r: dict[str, Any], f: Fact) -> None:
 
 def _medication_request(r: dict[str, Any], f: Fact, medications: dict[str, dict[str, Any]]) -> None:
     concept = r.get("medicationCodeableConcept")
+    contained = contained_medication(r)
     med_id = ref_id(r.get("medicationReference"), "Medication")
-    if concept is None and med_id and med_id in medications:
-        concept = medications[med_id].get("code")
+    if concept is None and contained is not None:
+        concept = contained.get("code")
+    elif concept is None and med_id:
         f.detail["medication_id"] = med_id
+        if med_id in medications:
+            concept = medications[med_id].get("code")
+        else:
+            f.incomplete = "the referenced Medication could not be read"
     f.code_system, f.code, f.display = coding(concept)
     if f.display is None and isinstance(r.get("medicationReference"), dict):
         f.display = r["medicationReference"].get("display")
@@ -193,13 +205,35 @@ def _medication_request(r: dict[str, Any], f: Fact, medications: dict[str, dict[
         f.detail["requester"] = requester["display"]
 
 
+def contained_medication(r: dict[str, Any]) -> dict[str, Any] | None:
+    """The contained Medication a ``medicationReference`` of ``#id`` points at."""
+    ref = (r.get("medicationReference") or {}).get("reference")
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None
+    for c in r.get("contained") or []:
+        if isinstance(c, dict) and c.get("resourceType") == "Medication" and c.get("id") == ref[1:]:
+            return c
+    return None
+
+
+def external_medication(r: dict[str, Any]) -> str | None:
+    """The id of a stand-alone Medication this MedicationRequest needs to be projected."""
+    if r.get("medicationCodeableConcept") is not None or contained_medication(r) is not None:
+        return None
+    return ref_id(r.get("medicationReference"), "Medication")
+
+
 def project(
     resource: dict[str, Any],
     *,
     medications: dict[str, dict[str, Any]] | None = None,
-    note_text: str | None = None,
+    binaries: dict[str, dict[str, Any]] | None = None,
 ) -> Fact | None:
-    """Project a validated clinical resource to a ``Fact``; ``None`` for non-clinical types."""
+    """Project a validated clinical resource to a ``Fact``; ``None`` for non-clinical types.
+
+    ``medications`` and ``binaries`` are the stand-alone Medications and note Binaries it may point
+    at; one it needs but that is missing leaves the fact ``incomplete`` (and the sync partial).
+    """
     rtype = resource["resourceType"]
     if rtype not in CLINICAL_TYPES:
         return None
@@ -248,15 +282,9 @@ def project(
         f.date = parse_date(_first(resource, "date", "context.period.start"))
         encounters = _first(resource, "context.encounter") or []
         f.encounter_id = ref_id(encounters[0], "Encounter") if encounters else None
-        f.value_text = note_text
+        note = note_text(resource, binaries or {})
+        f.value_text = note.text
+        f.incomplete = note.problem if note.text is None else None
+        if ids := binary_ids(resource):
+            f.detail["binary_ids"] = ids
     return f
-
-
-def note_attachments(resource: dict[str, Any]) -> list[dict[str, Any]]:
-    """The text attachments of a DocumentReference (inline ``data`` or a ``url``)."""
-    out = []
-    for content in resource.get("content") or []:
-        att = content.get("attachment") if isinstance(content, dict) else None
-        if isinstance(att, dict) and str(att.get("contentType", "text/plain")).startswith("text/"):
-            out.append(att)
-    return out

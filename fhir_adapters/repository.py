@@ -8,7 +8,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, tuple_, update
+from sqlalchemy import Text, and_, func, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -91,7 +92,7 @@ async def store_facts(conn: AsyncConnection, access: AccessFilter, facts: Sequen
     key = ("source", "patient_id", "resource_type", "id")
     rows = [{"source": access.source, "patient_id": access.patient_id, **asdict(f)} for f in facts]
     stmt = pg_insert(_fact).values(rows)
-    cols = [c.name for c in _fact.c if c.name not in key]
+    cols = [c.name for c in _fact.c if c.name not in key and c.name != "indexed_hash"]
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=list(key),
@@ -103,18 +104,17 @@ async def store_facts(conn: AsyncConnection, access: AccessFilter, facts: Sequen
 async def quarantine(
     conn: AsyncConnection, access: AccessFilter, *, sync_id: uuid.UUID, resource: Any, reason: str
 ) -> None:
-    content = resource if isinstance(resource, dict) else {"value": repr(type(resource))}
+    """Record that a resource was set aside: its type, id and the reason, never its content."""
+    item = resource if isinstance(resource, dict) else {}
+    rtype, rid = item.get("resourceType"), item.get("id")
     await conn.execute(
         insert(_quar).values(
             source=access.source,
             patient_id=access.patient_id,
             sync_id=sync_id,
-            resource_type=content.get("resourceType")
-            if isinstance(content.get("resourceType"), str)
-            else None,
-            resource_id=content.get("id") if isinstance(content.get("id"), str) else None,
+            resource_type=rtype[:64] if isinstance(rtype, str) else None,
+            resource_id=rid[:64] if isinstance(rid, str) else None,
             reason=reason,
-            content=content,
             created_at=_now(),
         )
     )
@@ -130,6 +130,21 @@ async def get_resources(
         select(_res.c.content).where(_patient(_res, access), _res.c.resource_type == resource_type)
     )
     return [r.content for r in rows]
+
+
+async def get_resources_by_id(
+    conn: AsyncConnection, access: AccessFilter, resource_type: str, ids: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """``{id: resource}`` of the stored resources of one type among ``ids``."""
+    wanted = sorted(set(ids))
+    if not wanted or not access.allows(resource_type):
+        return {}
+    rows = await conn.execute(
+        select(_res.c.id, _res.c.content).where(
+            _patient(_res, access), _res.c.resource_type == resource_type, _res.c.id.in_(wanted)
+        )
+    )
+    return {r.id: r.content for r in rows}
 
 
 async def get_resource(
@@ -218,9 +233,15 @@ async def fact_codes(
 
 
 async def create_sync_run(
-    conn: AsyncConnection, access: AccessFilter, *, session_id: str | None
+    conn: AsyncConnection,
+    access: AccessFilter,
+    *,
+    session_id: str | None,
+    sync_id: uuid.UUID | None = None,
+    mode: str = "full",
 ) -> uuid.UUID:
-    sync_id = uuid.uuid4()
+    sync_id = sync_id or uuid.uuid4()
+    now = _now()
     await conn.execute(
         insert(_sync).values(
             id=sync_id,
@@ -229,9 +250,12 @@ async def create_sync_run(
             session_id=session_id,
             status="running",
             phase="queued",
+            mode=mode,
             counts={},
+            errors={},
             quarantined=0,
-            started_at=_now(),
+            started_at=now,
+            heartbeat_at=now,
         )
     )
     return sync_id
@@ -257,11 +281,18 @@ async def get_sync_run(
 
 
 async def latest_sync_run(
-    conn: AsyncConnection, access: AccessFilter, *, status: str | None = None
+    conn: AsyncConnection,
+    access: AccessFilter,
+    *,
+    status: str | None = None,
+    answerable: bool = False,
 ) -> dict[str, Any] | None:
+    """The patient's newest run (of a status; or whose facts were stored: ``answerable``)."""
     conds = [_patient(_sync, access)]
     if status is not None:
         conds.append(_sync.c.status == status)
+    if answerable:
+        conds.append(_sync.c.answerable_at.is_not(None))
     row = (
         (
             await conn.execute(
@@ -274,15 +305,250 @@ async def latest_sync_run(
     return dict(row) if row else None
 
 
-async def fail_stale_runs(conn: AsyncConnection, *, older_than: datetime) -> int:
-    """Mark runs left 'running' by a crashed process as failed (called at startup)."""
-    result = await conn.execute(
-        update(_sync)
-        .where(_sync.c.status == "running", _sync.c.started_at < older_than)
-        .values(
-            status="failed",
-            error="interrupted: the server stopped during the sync",
-            finished_at=_now(),
+def run_lock_key(sync_id: uuid.UUID) -> Any:
+    """The advisory lock a live run holds on its own connection (released if its process dies)."""
+    return func.hashtextextended(str(sync_id), 0)
+
+
+async def hold_run_lock(conn: AsyncConnection, sync_id: uuid.UUID) -> None:
+    await conn.execute(select(func.pg_advisory_lock(run_lock_key(sync_id))))
+
+
+async def release_run_lock(conn: AsyncConnection, sync_id: uuid.UUID) -> None:
+    await conn.execute(select(func.pg_advisory_unlock(run_lock_key(sync_id))))
+
+
+async def lock_patient(conn: AsyncConnection, access: AccessFilter) -> None:
+    """Serialise run bookkeeping of one patient until this transaction ends."""
+    await conn.execute(
+        select(
+            func.pg_advisory_xact_lock(
+                func.hashtextextended(f"sync\n{access.source}\n{access.patient_id}", 0)
+            )
         )
     )
+
+
+async def close_dead_runs(
+    conn: AsyncConnection, *, lease_seconds: float, access: AccessFilter | None = None
+) -> list[dict[str, Any]]:
+    """Close ``running`` runs whose process is gone as ``failed``; returns them.
+
+    A run is dead when its heartbeat is older than the lease, or when nobody holds its advisory
+    lock (the process that ran it exited or was killed: Postgres released the lock with its
+    connection). Behind a transaction-pooling proxy locks mean nothing and the lease alone decides.
+    """
+    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, lease_seconds)
+    conds = [_sync.c.status == "running"]
+    if access is not None:
+        conds.append(_patient(_sync, access))
+    dead = or_(
+        _sync.c.heartbeat_at.is_(None),
+        _sync.c.heartbeat_at < cutoff,
+        func.pg_try_advisory_xact_lock(run_lock_key_column()),
+    )
+    rows = await conn.execute(
+        update(_sync)
+        .where(*conds, dead)
+        .values(
+            status="failed",
+            phase="finished",
+            error="interrupted: the process running this sync stopped",
+            finished_at=_now(),
+        )
+        .returning(_sync.c.source, _sync.c.patient_id, _sync.c.id, _sync.c.phase)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+def run_lock_key_column() -> Any:
+    return func.hashtextextended(func.cast(_sync.c.id, Text), 0)
+
+
+# -- reconciling derived rows with the raw store ---------------------------------------------------
+
+_STALE = text(
+    """
+SELECT r.resource_type, r.id
+FROM fhir_resource r
+LEFT JOIN clinical_fact f
+  ON f.source = r.source AND f.patient_id = r.patient_id
+ AND f.resource_type = r.resource_type AND f.id = r.id
+WHERE r.source = :src AND r.patient_id = :pid AND r.resource_type = ANY(:types)
+  AND (f.id IS NULL OR f.source_hash IS DISTINCT FROM r.content_hash OR f.incomplete IS NOT NULL)
+ORDER BY r.resource_type, r.id
+"""
+)
+
+
+async def stale_resources(
+    conn: AsyncConnection, access: AccessFilter, types: Iterable[str]
+) -> list[tuple[str, str]]:
+    """Raw resources whose fact is missing, from another version, or known to be incomplete."""
+    allowed = sorted(t for t in set(types) if access.allows(t))
+    if not allowed:
+        return []
+    rows = await conn.execute(
+        _STALE, {"src": access.source, "pid": access.patient_id, "types": allowed}
+    )
+    return [(r.resource_type, r.id) for r in rows]
+
+
+async def get_resources_by_key(
+    conn: AsyncConnection, access: AccessFilter, keys: Sequence[tuple[str, str]]
+) -> list[tuple[dict[str, Any], str]]:
+    """``(content, content_hash)`` of stored resources by ``(type, id)``."""
+    wanted = [(t, i) for t, i in keys if access.allows(t)]
+    if not wanted:
+        return []
+    rows = await conn.execute(
+        select(_res.c.content, _res.c.content_hash).where(
+            _patient(_res, access), tuple_(_res.c.resource_type, _res.c.id).in_(wanted)
+        )
+    )
+    return [(r.content, r.content_hash) for r in rows]
+
+
+async def invalidate_dependents(
+    conn: AsyncConnection,
+    access: AccessFilter,
+    *,
+    medications: Sequence[str],
+    binaries: Sequence[str],
+) -> int:
+    """Mark facts built from these Medications / Binaries stale (a new version arrived)."""
+    if not medications and not binaries:
+        return 0
+    conds = []
+    if medications:
+        conds.append(_fact.c.detail["medication_id"].astext.in_(list(medications)))
+    if binaries:
+        conds.append(_fact.c.detail["binary_ids"].has_any(array(list(binaries), type_=Text)))
+    result = await conn.execute(
+        update(_fact).where(_patient(_fact, access), or_(*conds)).values(source_hash=None)
+    )
     return result.rowcount or 0
+
+
+async def tombstone(
+    conn: AsyncConnection,
+    access: AccessFilter,
+    types: Iterable[str],
+    seen: Iterable[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """Delete stored resources of ``types`` that a complete pull did not return; returns them."""
+    kinds = sorted(set(types))
+    if not kinds:
+        return []
+    keep = sorted(set(seen))
+    rows = await conn.execute(
+        text(
+            """
+DELETE FROM fhir_resource r
+WHERE r.source = :src AND r.patient_id = :pid AND r.resource_type = ANY(:types)
+  AND NOT EXISTS (
+    SELECT 1 FROM unnest(CAST(:kt AS text[]), CAST(:ki AS text[])) AS k(t, i)
+    WHERE k.t = r.resource_type AND k.i = r.id)
+RETURNING r.resource_type, r.id
+"""
+        ),
+        {
+            "src": access.source,
+            "pid": access.patient_id,
+            "types": kinds,
+            "kt": [t for t, _ in keep],
+            "ki": [i for _, i in keep],
+        },
+    )
+    return sorted((r.resource_type, r.id) for r in rows)
+
+
+async def delete_orphans(conn: AsyncConnection, access: AccessFilter) -> tuple[int, int]:
+    """Drop facts whose raw resource is gone, and chunks whose fact is gone: ``(facts, chunks)``."""
+    params = {"src": access.source, "pid": access.patient_id}
+    facts = await conn.execute(
+        text(
+            """
+DELETE FROM clinical_fact f
+WHERE f.source = :src AND f.patient_id = :pid AND NOT EXISTS (
+  SELECT 1 FROM fhir_resource r WHERE r.source = f.source AND r.patient_id = f.patient_id
+    AND r.resource_type = f.resource_type AND r.id = f.id)
+"""
+        ),
+        params,
+    )
+    chunks = await conn.execute(
+        text(
+            """
+DELETE FROM chunk c
+WHERE c.source = :src AND c.patient_id = :pid AND NOT EXISTS (
+  SELECT 1 FROM clinical_fact f WHERE f.source = c.source AND f.patient_id = c.patient_id
+    AND f.resource_type = c.resource_type AND f.id = c.resource_id)
+"""
+        ),
+        params,
+    )
+    return facts.rowcount or 0, chunks.rowcount or 0
+
+
+async def chart_health(conn: AsyncConnection, access: AccessFilter) -> dict[str, Any]:
+    """What the derived store still lacks: incomplete facts by type and reason, unindexed facts."""
+    rows = await conn.execute(
+        select(_fact.c.resource_type, _fact.c.incomplete, func.count().label("n"))
+        .where(_patient(_fact, access), _fact.c.incomplete.is_not(None))
+        .group_by(_fact.c.resource_type, _fact.c.incomplete)
+    )
+    incomplete: dict[str, dict[str, int]] = {}
+    for r in rows:
+        incomplete.setdefault(r.resource_type, {})[r.incomplete] = r.n
+    unindexed = await conn.scalar(
+        select(func.count()).where(
+            _patient(_fact, access),
+            or_(
+                _fact.c.source_hash.is_(None),
+                _fact.c.indexed_hash.is_distinct_from(_fact.c.source_hash),
+            ),
+        )
+    )
+    return {"incomplete": incomplete, "unindexed": int(unindexed or 0)}
+
+
+async def unindexed_facts(conn: AsyncConnection, access: AccessFilter) -> list[dict[str, Any]]:
+    """Facts whose chunks are missing or were built from another version (notes last)."""
+    rows = await conn.execute(
+        select(_fact)
+        .where(
+            _patient(_fact, access),
+            _fact.c.source_hash.is_not(None),
+            _fact.c.indexed_hash.is_distinct_from(_fact.c.source_hash),
+        )
+        .order_by(
+            (_fact.c.resource_type == "DocumentReference").asc(), _fact.c.resource_type, _fact.c.id
+        )
+    )
+    return [dict(r) for r in rows.mappings() if access.allows(r["resource_type"])]
+
+
+async def mark_indexed(
+    conn: AsyncConnection, access: AccessFilter, items: Sequence[tuple[str, str, str]]
+) -> None:
+    """Record that ``(type, id, source_hash)``'s chunks are built (only if still that version)."""
+    if not items:
+        return
+    await conn.execute(
+        text(
+            """
+UPDATE clinical_fact f SET indexed_hash = k.h
+FROM unnest(CAST(:kt AS text[]), CAST(:ki AS text[]), CAST(:kh AS text[])) AS k(t, i, h)
+WHERE f.source = :src AND f.patient_id = :pid AND f.resource_type = k.t AND f.id = k.i
+  AND f.source_hash = k.h
+"""
+        ),
+        {
+            "src": access.source,
+            "pid": access.patient_id,
+            "kt": [t for t, _, _ in items],
+            "ki": [i for _, i, _ in items],
+            "kh": [h for _, _, h in items],
+        },
+    )

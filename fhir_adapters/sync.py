@@ -1,16 +1,27 @@
-"""Pull one patient's compartment into the store: fetch, validate, quarantine, store, project.
+"""Pull one patient's compartment into the store, then reconcile the derived rows with the raw ones.
 
-Uses ``Patient/$everything`` when the server's CapabilityStatement offers it (and this is a full
-sync), otherwise one search per readable type with ``_lastUpdated`` for incremental runs. Each page
-is committed on its own so progress is visible and work done is kept if a later page fails.
+Fetch: ``Patient/$everything`` when the server offers it (and this is a full pull), else one search
+per readable type (``_lastUpdated`` for incremental pulls). Each page is one transaction: its raw
+resources and the facts that can be projected from the page alone, so a crash never leaves a page
+half stored. A search whose pages hold fewer matches than its ``Bundle.total`` is an error of that
+type; the other types go on.
+
+Reconcile (``reconcile``): whatever happened to earlier runs, the facts are rebuilt from the raw
+store: every raw clinical resource whose fact is missing, from another version (``source_hash``), or
+known to be incomplete is projected again, reading the Medications and note Binaries it needs first.
+Facts and chunks whose raw resource is gone are dropped. ``chartcite sync --repair`` runs it without
+an EHR. Nothing here trusts an in-memory list of what changed.
+
+A complete full pull also removes (tombstones) stored resources the EHR no longer returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,30 +31,34 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fhir_adapters import repository as repo
 from fhir_adapters.access import AccessFilter
 from fhir_adapters.client import FhirClient
-from fhir_adapters.errors import FhirAuthError, FhirServerError
+from fhir_adapters.errors import FhirAdapterError, FhirNotFound, FhirTokenRejected
 from fhir_adapters.normalize import (
     CLINICAL_TYPES,
     SUPPORT_TYPES,
     Fact,
     InvalidResource,
     content_hash,
-    note_attachments,
+    external_medication,
     project,
     ref_id,
     validate,
 )
+from fhir_adapters.notes import binary_ids
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, dict[str, int], int], Awaitable[None]]
 _PATIENT_REFS = ("subject", "patient")
+_BATCH = 500
+_DEP_READS = 4  # concurrent Medication/Binary reads
 
 
 @dataclass
 class PullResult:
     counts: Counter[str] = field(default_factory=Counter)
     quarantined: int = 0
-    changed: list[tuple[str, str]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    #: Per resource type (or ``everything``/``Medication``/``Binary``): what went wrong.
+    errors: dict[str, str] = field(default_factory=dict)
+    tombstoned: list[tuple[str, str]] = field(default_factory=list)
 
 
 def belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
@@ -56,8 +71,19 @@ def belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
     return any(ref_id(resource.get(k), "Patient") == patient_id for k in _PATIENT_REFS)
 
 
+def _needs_lookup(resource: dict[str, Any], known: set[tuple[str, str]]) -> bool:
+    """Does projecting this resource need a Medication/Binary that is not at hand?"""
+    rtype = resource["resourceType"]
+    if rtype == "MedicationRequest":
+        mid = external_medication(resource)
+        return mid is not None and ("Medication", mid) not in known
+    if rtype == "DocumentReference":
+        return any(("Binary", b) not in known for b in binary_ids(resource))
+    return False
+
+
 class Puller:
-    """One sync run of one patient."""
+    """One pull of one patient: fetch every page, then ``reconcile``."""
 
     def __init__(
         self,
@@ -76,36 +102,73 @@ class Puller:
         self.page_size = page_size
         self.progress = progress
         self.result = PullResult()
-        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
+        self._seen: set[tuple[str, str]] = set()
 
     async def run(self, *, since: datetime | None = None) -> PullResult:
-        pid = self.access.patient_id
-        caps = await self.client.capabilities()
-        if since is None and FhirClient.supports_everything(caps):
-            await self._source(f"Patient/{pid}/$everything", {"_count": self.page_size})
-        else:
-            patient = (
-                await self.client.read("Patient", pid) if self.access.allows("Patient") else None
-            )
-            if patient is not None:
-                await self._ingest([patient])
-            for rtype in sorted(CLINICAL_TYPES & self.access.resource_types):
-                params: dict[str, Any] = {"patient": pid, "_count": self.page_size}
-                if since is not None:
-                    params["_lastUpdated"] = f"gt{since.isoformat()}"
-                try:
-                    await self._source(rtype, params)
-                except FhirAuthError as exc:
-                    self.result.errors.append(f"{rtype}: {exc.message}")
-        await self._resolve_medications()
-        await self._project()
+        complete = await self.fetch(since=since)
+        if since is None and complete:
+            async with self.engine.begin() as conn:
+                self.result.tombstoned = await repo.tombstone(
+                    conn, self.access, complete, self._seen
+                )
+            self.result.counts["tombstoned"] = len(self.result.tombstoned)
+        await self._report("normalizing")
+        await reconcile(self.engine, self.access, self.client, self.result, sync_id=self.sync_id)
         return self.result
 
-    async def _source(self, path: str, params: dict[str, Any]) -> None:
-        async for page in self.client.pages(path, params):
-            await self._ingest(page)
+    async def fetch(self, *, since: datetime | None = None) -> set[str]:
+        """Fetch and store every page; returns the types that were read completely."""
+        pid = self.access.patient_id
+        caps = await self.client.capabilities()
+        wanted = (CLINICAL_TYPES | {"Patient"}) & self.access.resource_types
+        if since is None and FhirClient.supports_everything(caps):
+            try:
+                if await self._source(
+                    "everything", f"Patient/{pid}/$everything", {"_count": self.page_size}
+                ):
+                    return set(wanted)
+                return set()
+            except FhirNotFound:
+                self.result.errors.pop("everything", None)  # advertised but absent: search instead
+        complete: set[str] = set()
+        if self.access.allows("Patient"):
+            try:
+                patient = await self.client.read("Patient", pid)
+            except FhirTokenRejected:
+                raise
+            except FhirAdapterError as exc:
+                self.result.errors["Patient"] = exc.message
+            else:
+                if patient is not None:
+                    await self._ingest([patient])
+                    complete.add("Patient")
+        for rtype in sorted(wanted - {"Patient"}):
+            params: dict[str, Any] = {"patient": pid, "_count": self.page_size}
+            if since is not None:
+                params["_lastUpdated"] = f"gt{since.isoformat()}"
+            if await self._source(rtype, rtype, params):
+                complete.add(rtype)
+        return complete
+
+    async def _source(self, key: str, path: str, params: dict[str, Any]) -> bool:
+        """Store every page of one search; ``False`` (with the error recorded) if it broke off."""
+        try:
+            async for page in self.client.pages(path, params):
+                await self._ingest(page)
+        except FhirNotFound:
+            if key == "everything":
+                raise
+            self.result.errors[key] = "the EHR does not support this search (404)"
+            return False
+        except FhirTokenRejected:
+            raise
+        except FhirAdapterError as exc:
+            self.result.errors[key] = exc.message
+            return False
+        return True
 
     async def _ingest(self, page: list[dict[str, Any]]) -> None:
+        """Store one page and the facts it alone is enough for, in one transaction."""
         good: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
         async with self.engine.begin() as conn:
             for resource in page:
@@ -115,10 +178,9 @@ class Puller:
                     await self._quarantine(conn, resource, exc.reason)
                     continue
                 rtype = resource["resourceType"]
-                if rtype not in CLINICAL_TYPES | SUPPORT_TYPES:
-                    self.result.counts["skipped"] += 1
-                    continue
-                if not self.access.allows(rtype) and rtype not in SUPPORT_TYPES:
+                if rtype not in CLINICAL_TYPES | SUPPORT_TYPES or (
+                    not self.access.allows(rtype) and rtype not in SUPPORT_TYPES
+                ):
                     self.result.counts["skipped"] += 1
                     continue
                 if not belongs_to(resource, self.access.patient_id):
@@ -128,81 +190,146 @@ class Puller:
                     continue
                 good[(rtype, resource["id"])] = (resource, content_hash(resource))
             outcome = await repo.store_resources(conn, self.access, list(good.values()))
-            for resource, _ in good.values():
-                key = (resource["resourceType"], resource["id"])
-                self.result.counts[key[0]] += 1
-                if outcome[key] != "same":
-                    self.result.changed.append(key)
-                    self._pending[key] = resource
+            self._seen.update(good)
+            for rtype, _ in good:
+                self.result.counts[rtype] += 1
+            changed = {k: good[k] for k, o in outcome.items() if o != "same"}
+            await repo.invalidate_dependents(
+                conn,
+                self.access,
+                medications=[i for t, i in changed if t == "Medication"],
+                binaries=[i for t, i in changed if t == "Binary"],
+            )
+            at_hand = {k for k in good if k[0] in SUPPORT_TYPES}
+            medications = {i: good[("Medication", i)][0] for t, i in at_hand if t == "Medication"}
+            binaries = {i: good[("Binary", i)][0] for t, i in at_hand if t == "Binary"}
+            facts = []
+            for (rtype, _), (resource, digest) in changed.items():
+                if rtype in CLINICAL_TYPES and not _needs_lookup(resource, at_hand):
+                    fact = _project(resource, digest, medications, binaries)
+                    if fact is not None:
+                        facts.append(fact)
+            await repo.store_facts(conn, self.access, facts)
         await self._report("fetching")
 
     async def _quarantine(self, conn: Any, resource: Any, reason: str) -> None:
         self.result.quarantined += 1
+        if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+            self._seen.add((str(resource.get("resourceType")), resource["id"]))
         await repo.quarantine(
-            conn,
-            self.access,
-            sync_id=self.sync_id,
-            resource=resource,
-            reason=reason,
+            conn, self.access, sync_id=self.sync_id, resource=resource, reason=reason
         )
-
-    async def _resolve_medications(self) -> None:
-        """Read ``Medication`` resources that changed MedicationRequests point at."""
-        async with self.engine.connect() as conn:
-            stored = {
-                r["id"]
-                for r in await repo.get_resources(conn, self._support_access(), "Medication")
-            }
-        wanted = {
-            mid
-            for (rtype, _), r in self._pending.items()
-            if rtype == "MedicationRequest"
-            and (mid := ref_id(r.get("medicationReference"), "Medication"))
-            and mid not in stored
-        }
-        for mid in sorted(wanted):
-            try:
-                med = await self.client.read("Medication", mid)
-            except FhirAuthError:
-                med = None
-            if med is not None:
-                await self._ingest([med])
-
-    def _support_access(self) -> AccessFilter:
-        return self.access.widened_for_support(SUPPORT_TYPES)
-
-    async def _project(self) -> None:
-        """Project changed clinical resources to facts (notes need their attachment text)."""
-        await self._report("normalizing")
-        async with self.engine.connect() as conn:
-            medications = {
-                m["id"]: m
-                for m in await repo.get_resources(conn, self._support_access(), "Medication")
-            }
-        facts: list[Fact] = []
-        for (rtype, _), resource in self._pending.items():
-            if rtype not in CLINICAL_TYPES:
-                continue
-            text = None
-            if rtype == "DocumentReference":
-                parts = []
-                for att in note_attachments(resource):
-                    try:
-                        part = await self.client.attachment_text(att)
-                    except (FhirAuthError, FhirServerError):
-                        part = None
-                    if part:
-                        parts.append(part)
-                text = "\n\n".join(parts) or None
-                if text is None:
-                    self.result.counts["notes_without_text"] += 1
-            fact = project(resource, medications=medications, note_text=text)
-            if fact is not None:
-                facts.append(fact)
-        async with self.engine.begin() as conn:
-            for i in range(0, len(facts), 500):
-                await repo.store_facts(conn, self.access, facts[i : i + 500])
 
     async def _report(self, phase: str) -> None:
         if self.progress is not None:
             await self.progress(phase, dict(self.result.counts), self.result.quarantined)
+
+
+def _project(
+    resource: dict[str, Any],
+    digest: str,
+    medications: dict[str, dict[str, Any]],
+    binaries: dict[str, dict[str, Any]],
+) -> Fact | None:
+    fact = project(resource, medications=medications, binaries=binaries)
+    if fact is not None:
+        fact.source_hash = digest
+    return fact
+
+
+async def reconcile(
+    engine: AsyncEngine,
+    access: AccessFilter,
+    client: FhirClient | None,
+    result: PullResult,
+    *,
+    sync_id: uuid.UUID | None = None,
+) -> None:
+    """Rebuild every fact that is missing, stale or incomplete from the raw store.
+
+    With a ``client``, Medications and note Binaries that are not stored are read from the EHR
+    first; without one (``--repair`` offline) what is stored is all there is.
+    """
+    support = access.widened_for_support(SUPPORT_TYPES)
+    async with engine.connect() as conn:
+        stale = await repo.stale_resources(conn, access, CLINICAL_TYPES)
+    for i in range(0, len(stale), _BATCH):
+        async with engine.connect() as conn:
+            items = await repo.get_resources_by_key(conn, access, stale[i : i + _BATCH])
+            med_ids = {m for r, _ in items if (m := external_medication(r))}
+            bin_ids = {b for r, _ in items for b in binary_ids(r)}
+            medications = await repo.get_resources_by_id(conn, support, "Medication", med_ids)
+            binaries = await repo.get_resources_by_id(conn, support, "Binary", bin_ids)
+        if client is not None:
+            medications |= await _read_missing(
+                engine, access, client, result, "Medication", med_ids - medications.keys(), sync_id
+            )
+            binaries |= await _read_missing(
+                engine, access, client, result, "Binary", bin_ids - binaries.keys(), sync_id
+            )
+        facts = [
+            f
+            for r, digest in items
+            if (f := _project(r, digest, medications, binaries)) is not None
+        ]
+        async with engine.begin() as conn:
+            await repo.store_facts(conn, access, facts)
+        result.counts["projected"] += len(facts)
+    async with engine.begin() as conn:
+        removed_facts, removed_chunks = await repo.delete_orphans(conn, access)
+    if removed_facts or removed_chunks:
+        result.counts["removed_facts"] += removed_facts
+        result.counts["removed_chunks"] += removed_chunks
+
+
+async def _read_missing(
+    engine: AsyncEngine,
+    access: AccessFilter,
+    client: FhirClient,
+    result: PullResult,
+    rtype: str,
+    ids: Iterable[str],
+    sync_id: uuid.UUID | None,
+) -> dict[str, dict[str, Any]]:
+    """Read Medications/Binaries by id (a few at a time) and store the valid ones."""
+    wanted = sorted(ids)
+    if not wanted:
+        return {}
+    gate = asyncio.Semaphore(_DEP_READS)
+    failures: Counter[str] = Counter()
+
+    async def one(rid: str) -> dict[str, Any] | None:
+        async with gate:
+            try:
+                resource = await client.read(rtype, rid)
+            except FhirTokenRejected:
+                raise
+            except FhirAdapterError as exc:
+                failures[exc.message] += 1
+                return None
+        if resource is None:
+            failures["not found (404)"] += 1
+            return None
+        try:
+            validate(resource)
+        except InvalidResource:
+            failures["invalid"] += 1
+            return None
+        if resource.get("resourceType") != rtype or resource.get("id") != rid:
+            failures["the EHR answered with another resource"] += 1
+            return None
+        return resource
+
+    got = [r for r in await asyncio.gather(*(one(i) for i in wanted)) if r is not None]
+    if got:
+        async with engine.begin() as conn:
+            await repo.store_resources(
+                conn, access.widened_for_support(SUPPORT_TYPES), [(r, content_hash(r)) for r in got]
+            )
+        result.counts[rtype] += len(got)
+    if failures:
+        reason, _ = failures.most_common(1)[0]
+        result.errors[rtype] = (
+            f"{sum(failures.values())} of {len(wanted)} could not be read ({reason})"
+        )
+    return {r["id"]: r for r in got}

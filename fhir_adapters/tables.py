@@ -60,10 +60,16 @@ class ClinicalFact(SQLModel, table=True):
     unit: str | None = Field(default=None, sa_column=Column(Text))
     encounter_id: str | None = Field(default=None, sa_column=Column(Text))
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    #: Hash of the raw resource version (and its Medication/Binary) this fact was projected from.
+    source_hash: str | None = Field(default=None, sa_column=Column(Text))
+    #: The ``source_hash`` the fact's chunks were built from (NULL: not indexed yet).
+    indexed_hash: str | None = Field(default=None, sa_column=Column(Text))
+    #: Why the fact is known to lack something (note text unreadable, Medication unreadable).
+    incomplete: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class SyncRun(SQLModel, table=True):
-    """One pull of a patient's compartment, with progress counters."""
+    """One pull (or repair) of a patient's compartment, with progress, per-type errors and a lease."""
 
     __tablename__ = "sync_run"
     source: str = Field(sa_column=Column(Text, primary_key=True))
@@ -75,12 +81,18 @@ class SyncRun(SQLModel, table=True):
     counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
     quarantined: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text))
+    errors: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    mode: str = Field(default="full", sa_column=Column(Text, nullable=False))
     started_at: datetime | None = _ts(nullable=False)
+    heartbeat_at: datetime | None = _ts()
+    answerable_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
 
 
 class Quarantine(SQLModel, table=True):
-    """A resource that failed validation; the reason names fields and error types, never values."""
+    """A resource set aside: its type, id and the reason (fields and error types, never values).
+
+    Its content is never kept: it may be another patient's."""
 
     __tablename__ = "quarantine"
     source: str = Field(sa_column=Column(Text, primary_key=True))
@@ -92,5 +104,4 @@ class Quarantine(SQLModel, table=True):
     resource_type: str | None = Field(default=None, sa_column=Column(Text))
     resource_id: str | None = Field(default=None, sa_column=Column(Text))
     reason: str = Field(sa_column=Column(Text, nullable=False))
-    content: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     created_at: datetime | None = _ts(nullable=False)

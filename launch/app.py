@@ -8,14 +8,13 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from fhir_adapters import fail_stale_runs
+from fhir_adapters.client import RetryPolicy
 from launch import logs
 from launch.db import Database, create_engine, open_database, require_migrated
 from launch.settings import Settings
@@ -30,6 +29,7 @@ from smart_app import (
     install_routes,
     new_key_b64,
 )
+from smart_app.ehrs import normalise_iss
 
 log = logging.getLogger("chartcite")
 
@@ -65,6 +65,17 @@ def app_config(settings: Settings) -> AppConfig:
         session_ttl_seconds=settings.session_ttl_seconds,
         secure_cookies=settings.secure_cookies,
         sync_page_size=settings.sync_page_size,
+        sync_lease_seconds=settings.sync_lease_seconds,
+        fhir_retry=RetryPolicy(
+            attempts=settings.fhir_retry_attempts,
+            base_delay=settings.fhir_backoff_seconds,
+            max_retry_after=settings.fhir_max_retry_after_seconds,
+            timeout=settings.fhir_request_timeout_seconds,
+        ),
+        fhir_url_aliases={
+            normalise_iss(iss): tuple(a.rstrip("/") for a in aliases)
+            for iss, aliases in settings.fhir_url_aliases.items()
+        },
     )
 
 
@@ -94,10 +105,7 @@ def create_app(
                     embedder=embedder,
                 )
                 state.jobs = SyncJobs(state)
-                async with engine.begin() as conn:
-                    await fail_stale_runs(
-                        conn, older_than=datetime.now(UTC) - timedelta(minutes=30)
-                    )
+                await state.jobs.close_dead_runs()
                 app.state.chartcite = state
                 if on_ready is not None:
                     on_ready()

@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     embed_threads: int | None = None
     sync_page_size: int = 200
+    sync_lease_seconds: float = 30.0
+    """A running sync beats every third of this; one silent for longer is closed ``failed``."""
+    fhir_request_timeout_seconds: float = 30.0
+    fhir_retry_attempts: int = 5
+    """Tries per FHIR request on 429/502/503/504, timeouts, resets and truncated JSON."""
+    fhir_backoff_seconds: float = 0.5
+    fhir_max_retry_after_seconds: float = 30.0
+    """A ``Retry-After`` longer than this fails the request instead of stalling the sync."""
+    fhir_url_aliases: dict[str, list[str]] = Field(default_factory=dict)
+    """Other public addresses of an EHR's FHIR base (``{iss: [alias, ...]}``) whose links are followed."""
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -1,7 +1,11 @@
-"""Index a patient's changed resources: chunk, embed concepts once and narratives one by one.
+"""Index a patient's facts: chunk, embed concepts once and narratives one by one.
 
-Runs at sync time, so nothing on the ask path has to chunk or embed chart data. Unchanged chunk
-text (same content hash) keeps its embedding; a concept already embedded is never embedded again.
+Runs at sync time, so nothing on the ask path has to chunk or embed chart data. What to index is read
+from Postgres, never from a list handed over by the fetch: every fact whose ``indexed_hash`` differs
+from its ``source_hash`` (no chunks yet, or chunks of another version) is (re)chunked. Work is
+committed in batches, each batch's chunks and ``indexed_hash`` together, so a crash keeps what was
+done and the next sync picks up the rest. Structured facts go first (their concepts are embedded
+once for every patient), notes last. Unchanged chunk text keeps its embedding.
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fhir_adapters import AccessFilter, list_facts
+from fhir_adapters import AccessFilter
+from fhir_adapters.repository import mark_indexed, unindexed_facts
 from rag import repository as repo
 from rag.chunking import ChunkDraft, chunks_for_fact
 from rag.embeddings import Embedder
 
 Progress = Callable[[int, int], Awaitable[None]]
+FACTS_PER_BATCH = 200
+NOTES_PER_BATCH = 8
 
 
 @dataclass(frozen=True)
 class IndexResult:
+    facts: int
     chunks: int
     embedded_chunks: int
     new_concepts: int
@@ -37,34 +45,49 @@ async def _embed(embedder: Embedder, texts: list[str]) -> Any:
     return await asyncio.to_thread(embedder.embed, texts)
 
 
+def _batches(facts: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    structured = [f for f in facts if f["resource_type"] != "DocumentReference"]
+    notes = [f for f in facts if f["resource_type"] == "DocumentReference"]
+    return [
+        structured[i : i + FACTS_PER_BATCH] for i in range(0, len(structured), FACTS_PER_BATCH)
+    ] + [notes[i : i + NOTES_PER_BATCH] for i in range(0, len(notes), NOTES_PER_BATCH)]
+
+
 async def index_patient(
     engine: AsyncEngine,
     embedder: Embedder,
     access: AccessFilter,
-    changed: Sequence[tuple[str, str]],
     *,
     progress: Progress | None = None,
 ) -> IndexResult:
-    """(Re)build the chunks of the ``changed`` resources of one patient."""
-    changed_set = set(changed)
-    types = sorted({t for t, _ in changed_set if access.allows(t)})
+    """(Re)build the chunks of every fact of one patient that is not indexed at its version."""
     async with engine.connect() as conn:
-        facts = [
-            f
-            for t in types
-            for f in await list_facts(conn, access, t, limit=100_000)
-            if (f["resource_type"], f["id"]) in changed_set
-        ]
-        refs = [(f["resource_type"], f["id"]) for f in facts]
-        existing = await repo.chunk_hashes(conn, access, refs)
-        drafts: list[ChunkDraft] = [d for f in facts for d in chunks_for_fact(f)]
-        concepts = {
-            concept_id(embedder.model_id, d.concept_text): d.concept_text
-            for d in drafts
-            if d.concept_text is not None
-        }
-        known = await repo.known_concepts(conn, list(concepts))
+        facts = await unindexed_facts(conn, access)
+    done = chunks = embedded = concepts = 0
+    if progress is not None and facts:
+        await progress(0, len(facts))
+    for batch in _batches(facts):
+        c, e, n = await _index_batch(engine, embedder, access, batch)
+        chunks, embedded, concepts = chunks + c, embedded + e, concepts + n
+        done += len(batch)
+        if progress is not None:
+            await progress(done, len(facts))
+    return IndexResult(facts=done, chunks=chunks, embedded_chunks=embedded, new_concepts=concepts)
 
+
+async def _index_batch(
+    engine: AsyncEngine, embedder: Embedder, access: AccessFilter, facts: Sequence[dict[str, Any]]
+) -> tuple[int, int, int]:
+    refs = [(f["resource_type"], f["id"]) for f in facts]
+    drafts: list[ChunkDraft] = [d for f in facts for d in chunks_for_fact(f)]
+    concepts = {
+        concept_id(embedder.model_id, d.concept_text): d.concept_text
+        for d in drafts
+        if d.concept_text is not None
+    }
+    async with engine.connect() as conn:
+        existing = await repo.chunk_hashes(conn, access, refs)
+        known = await repo.known_concepts(conn, list(concepts))
     new_concepts = [(cid, txt) for cid, txt in concepts.items() if cid not in known]
     if new_concepts:
         vectors = await _embed(embedder, [t for _, t in new_concepts])
@@ -76,7 +99,6 @@ async def index_patient(
                     for (cid, t), v in zip(new_concepts, vectors, strict=True)
                 ],
             )
-
     rows: list[tuple[ChunkDraft, str | None, Any]] = []
     to_embed: list[ChunkDraft] = []
     for d in drafts:
@@ -86,15 +108,12 @@ async def index_patient(
             rows.append((d, None, prev[1]))
         else:
             to_embed.append(d)
-    batch = 64
-    for i in range(0, len(to_embed), batch):
-        part = to_embed[i : i + batch]
+    for i in range(0, len(to_embed), 64):
+        part = to_embed[i : i + 64]
         vectors = await _embed(embedder, [d.text for d in part])
         rows.extend((d, None, v) for d, v in zip(part, vectors, strict=True))
-        if progress is not None:
-            await progress(min(i + batch, len(to_embed)), len(to_embed))
+    hashes = {(f["resource_type"], f["id"]): f["source_hash"] for f in facts}
     async with engine.begin() as conn:
-        await repo.replace_chunks(conn, access, refs, rows)
-    return IndexResult(
-        chunks=len(rows), embedded_chunks=len(to_embed), new_concepts=len(new_concepts)
-    )
+        await repo.replace_chunks(conn, access, refs, rows, hashes)
+        await mark_indexed(conn, access, [(t, i, h) for (t, i), h in hashes.items()])
+    return len(rows), len(to_embed), len(new_concepts)

@@ -63,8 +63,13 @@ async def replace_chunks(
     access: AccessFilter,
     refs: Sequence[tuple[str, str]],
     drafts: Sequence[tuple[ChunkDraft, str | None, Any]],
+    source_hashes: dict[tuple[str, str], str] | None = None,
 ) -> None:
-    """Replace the chunks of ``refs`` with ``(draft, concept_id, embedding)`` rows."""
+    """Replace the chunks of ``refs`` with ``(draft, concept_id, embedding)`` rows.
+
+    ``source_hashes`` gives each resource's fact ``source_hash``, recorded on its chunks.
+    """
+    hashes = source_hashes or {}
     if refs:
         await conn.execute(
             delete(_chunk).where(
@@ -85,6 +90,7 @@ async def replace_chunks(
             "kind": d.kind,
             "text": d.text,
             "content_hash": d.content_hash,
+            "source_hash": hashes.get((d.resource_type, d.resource_id)),
             "concept_id": concept_id,
             "embedding": emb,
         }

@@ -42,6 +42,8 @@ class Chunk(SQLModel, table=True):
     kind: str = Field(sa_column=Column(Text, nullable=False))
     text: str = Field(sa_column=Column(Text, nullable=False))
     content_hash: str = Field(sa_column=Column(Text, nullable=False))
+    #: The fact's ``source_hash`` (raw resource version) this chunk was built from.
+    source_hash: str | None = Field(default=None, sa_column=Column(Text))
     concept_id: str | None = Field(default=None, sa_column=Column(Text))
     embedding: Any = Field(default=None, sa_column=Column(Vector(EMBEDDING_DIM)))
 

@@ -1,7 +1,18 @@
 """Background sync jobs: pull the launched patient with the session's token, then index.
 
 A run's status lives in Postgres (``sync_run``), so any worker can report progress. Tokens are
-decrypted only here, refreshed when expired, and never logged.
+decrypted only here, refreshed when expired or rejected (once per request), and never logged.
+
+A live run proves it is alive two ways: it holds an advisory lock on its own database connection
+(Postgres drops it when the process dies, however it died), and it beats ``heartbeat_at`` every third
+of the lease. ``close_dead_runs`` (at startup and before every new run of a patient) closes runs
+that fail either test as ``failed`` and audits them, so a crash never leaves a patient stuck.
+
+The run ends ``done`` only if Postgres says the chart is whole: every source read to the end, no
+fact incomplete (a note without readable text, a Medication that could not be read), nothing
+quarantined and every fact indexed. Otherwise it is ``partial`` with the reasons per type in
+``errors``. Structured facts are answerable as soon as they are stored (``answerable_at``); notes are
+embedded after that, with progress.
 """
 
 from __future__ import annotations
@@ -12,21 +23,53 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fhir_adapters import (
-    FhirAdapterError,
-    FhirClient,
-    Puller,
-    create_sync_run,
-    latest_sync_run,
-    update_sync_run,
-)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_adapters import FhirAdapterError, FhirClient, Puller, close_dead_runs, update_sync_run
+from fhir_adapters import repository as store
 from rag import index_patient
 from smart_app import repository as repo
+from smart_app.audit import AuditRecord
 from smart_app.errors import AppError, NotAuthenticated
 from smart_app.session import SessionContext
 from smart_app.state import AppState
 
 log = logging.getLogger("chartcite.sync")
+
+
+def chart_errors(
+    result_errors: dict[str, str], quarantined: int, health: dict[str, Any]
+) -> dict[str, str]:
+    """Everything that keeps a chart from being whole, by resource type (empty: ``done``)."""
+    errors = dict(result_errors)
+    for rtype, reasons in sorted(health["incomplete"].items()):
+        text = "; ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+        errors[rtype] = f"{errors[rtype]}; {text}" if rtype in errors else text
+    if quarantined:
+        errors["quarantine"] = (
+            f"{quarantined} resource(s) set aside (invalid, or not this patient's)"
+        )
+    if health["unindexed"]:
+        errors["index"] = f"{health['unindexed']} fact(s) not indexed"
+    return errors
+
+
+async def audit_dead_runs(conn: AsyncConnection, closed: list[dict[str, Any]]) -> None:
+    for run in closed:
+        await repo.append_audit(
+            conn,
+            AuditRecord(
+                "sync",
+                "failed",
+                actor="chartcite",
+                source=run["source"],
+                patient_id=run["patient_id"],
+                detail={
+                    "sync_id": str(run["id"]),
+                    "reason": "process stopped (lease or lock lost)",
+                },
+            ),
+        )
 
 
 class SyncJobs:
@@ -36,23 +79,47 @@ class SyncJobs:
         self.state = state
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def close_dead_runs(self) -> int:
+        """Close every run whose process is gone (called at startup)."""
+        async with self.state.engine.begin() as conn:
+            closed = await close_dead_runs(conn, lease_seconds=self.state.config.sync_lease_seconds)
+            await audit_dead_runs(conn, closed)
+        return len(closed)
+
     async def start(self, session: SessionContext) -> uuid.UUID:
         """Start a sync for the session's patient, or return the one already running."""
         engine = self.state.engine
-        async with engine.begin() as conn:
-            running = await latest_sync_run(conn, session.access, status="running")
-            if running is not None and running["started_at"] > datetime.now(UTC) - timedelta(
-                minutes=30
-            ):
-                return running["id"]  # type: ignore[no-any-return]
-            sync_id = await create_sync_run(conn, session.access, session_id=session.id_hash[:16])
-            await repo.append_audit(
-                conn,
-                session.audit_record(
-                    "sync", "started", sync_id=str(sync_id), scopes=str(session.scopes)
-                ),
-            )
-        task = asyncio.create_task(self._run(sync_id, session), name=f"sync-{sync_id}")
+        sync_id = uuid.uuid4()
+        lock = await engine.connect()
+        try:
+            await lock.execution_options(isolation_level="AUTOCOMMIT")
+            await store.hold_run_lock(lock, sync_id)
+            async with engine.begin() as conn:
+                await store.lock_patient(conn, session.access)
+                closed = await close_dead_runs(
+                    conn,
+                    lease_seconds=self.state.config.sync_lease_seconds,
+                    access=session.access,
+                )
+                await audit_dead_runs(conn, closed)
+                running = await store.latest_sync_run(conn, session.access, status="running")
+                if running is not None:
+                    await store.release_run_lock(lock, sync_id)
+                    await lock.close()
+                    return running["id"]  # type: ignore[no-any-return]
+                await store.create_sync_run(
+                    conn, session.access, session_id=session.id_hash[:16], sync_id=sync_id
+                )
+                await repo.append_audit(
+                    conn,
+                    session.audit_record(
+                        "sync", "started", sync_id=str(sync_id), scopes=str(session.scopes)
+                    ),
+                )
+        except BaseException:
+            await lock.close()
+            raise
+        task = asyncio.create_task(self._run(sync_id, session, lock), name=f"sync-{sync_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return sync_id
@@ -66,7 +133,7 @@ class SyncJobs:
             task.cancel()
         await self.wait_all()
 
-    async def _access_token(self, session: SessionContext) -> str:
+    async def _access_token(self, session: SessionContext, *, force_refresh: bool = False) -> str:
         st = self.state
         async with st.engine.connect() as conn:
             row = await repo.get_session(conn, session.id_hash)
@@ -75,7 +142,7 @@ class SyncJobs:
         expired = row.token_expires_at is not None and row.token_expires_at < datetime.now(
             UTC
         ) + timedelta(seconds=30)
-        if not expired:
+        if not expired and not force_refresh:
             return st.cipher.decrypt(row.access_token_enc, context=b"access")
         if row.refresh_token_enc is None:
             raise NotAuthenticated(
@@ -100,40 +167,82 @@ class SyncJobs:
 
     async def _set(self, session: SessionContext, sync_id: uuid.UUID, **values: Any) -> None:
         async with self.state.engine.begin() as conn:
-            await update_sync_run(conn, session.access, sync_id, **values)
-
-    async def _run(self, sync_id: uuid.UUID, session: SessionContext) -> None:
-        st = self.state
-        outcome, error, counts, quarantined = "failed", None, {}, 0
-        try:
-            client = FhirClient(session.iss, await self._access_token(session))
-
-            async def on_fetch(phase: str, c: dict[str, int], q: int) -> None:
-                await self._set(session, sync_id, phase=phase, counts=c, quarantined=q)
-
-            puller = Puller(
-                st.engine,
-                client,
-                session.access,
-                sync_id,
-                page_size=st.config.sync_page_size,
-                progress=on_fetch,
+            await update_sync_run(
+                conn, session.access, sync_id, heartbeat_at=datetime.now(UTC), **values
             )
-            result = await puller.run()
-            counts, quarantined = dict(result.counts), result.quarantined
+
+    async def _beat(self, session: SessionContext, sync_id: uuid.UUID) -> None:
+        every = max(0.5, self.state.config.sync_lease_seconds / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._set(session, sync_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried, never fatal
+                log.warning("sync heartbeat failed (%s)", type(exc).__name__)
+
+    def _client(self, session: SessionContext, token: str) -> FhirClient:
+        config = self.state.config
+
+        async def refresh() -> str:
+            return await self._access_token(session, force_refresh=True)
+
+        return FhirClient(
+            session.iss,
+            token,
+            aliases=config.fhir_url_aliases.get(session.iss.rstrip("/"), ()),
+            retry=config.fhir_retry,
+            refresh=refresh,
+        )
+
+    async def _run(
+        self, sync_id: uuid.UUID, session: SessionContext, lock: AsyncConnection
+    ) -> None:
+        st = self.state
+        outcome, error, errors, counts, quarantined = "failed", None, {}, {}, 0
+        beat = asyncio.create_task(self._beat(session, sync_id))
+        try:
+            async with self._client(session, await self._access_token(session)) as client:
+
+                async def on_fetch(phase: str, c: dict[str, int], q: int) -> None:
+                    await self._set(session, sync_id, phase=phase, counts=c, quarantined=q)
+
+                puller = Puller(
+                    st.engine,
+                    client,
+                    session.access,
+                    sync_id,
+                    page_size=st.config.sync_page_size,
+                    progress=on_fetch,
+                )
+                try:
+                    result = await puller.run()
+                finally:
+                    counts, quarantined = dict(puller.result.counts), puller.result.quarantined
+                    counts.update({f"http_{k}": v for k, v in client.stats.items()})
+                    errors = dict(puller.result.errors)
+            await self._set(
+                session,
+                sync_id,
+                phase="indexing",
+                counts=counts,
+                errors=errors,
+                quarantined=quarantined,
+                answerable_at=datetime.now(UTC),
+            )
+            if result.tombstoned:
+                await self._audit_tombstones(session, sync_id, result.tombstoned)
 
             async def on_index(done: int, total: int) -> None:
-                await self._set(session, sync_id, phase=f"indexing {done}/{total} note chunks")
+                await self._set(session, sync_id, phase=f"indexing {done}/{total} facts")
 
-            await self._set(
-                session, sync_id, phase="indexing", counts=counts, quarantined=quarantined
-            )
-            indexed = await index_patient(
-                st.engine, st.embedder, session.access, result.changed, progress=on_index
-            )
+            indexed = await index_patient(st.engine, st.embedder, session.access, progress=on_index)
+            counts["facts_indexed"] = indexed.facts
             counts["chunks_indexed"] = indexed.chunks
-            outcome = "partial" if (quarantined or result.errors) else "done"
-            error = "; ".join(result.errors) or None
+            async with st.engine.connect() as conn:
+                health = await store.chart_health(conn, session.access)
+            errors = chart_errors(result.errors, quarantined, health)
+            outcome = "partial" if errors else "done"
+            error = "; ".join(f"{k}: {v}" for k, v in errors.items()) or None
         except (AppError, FhirAdapterError) as exc:
             error = exc.message
         except asyncio.CancelledError:
@@ -142,34 +251,64 @@ class SyncJobs:
             log.error("sync %s failed with %s", sync_id, type(exc).__name__)
             error = f"internal error ({type(exc).__name__})"
         finally:
+            beat.cancel()
             await asyncio.shield(
-                self._finish(sync_id, session, outcome, error, counts, quarantined)
+                self._finish(sync_id, session, lock, outcome, error, errors, counts, quarantined)
+            )
+
+    async def _audit_tombstones(
+        self, session: SessionContext, sync_id: uuid.UUID, removed: list[tuple[str, str]]
+    ) -> None:
+        async with self.state.engine.begin() as conn:
+            await repo.append_audit(
+                conn,
+                session.audit_record(
+                    "sync",
+                    "tombstoned",
+                    sync_id=str(sync_id),
+                    removed=[f"{t}/{i}" for t, i in removed],
+                ),
             )
 
     async def _finish(
         self,
         sync_id: uuid.UUID,
         session: SessionContext,
+        lock: AsyncConnection,
         outcome: str,
         error: str | None,
+        errors: dict[str, str],
         counts: dict[str, int],
         quarantined: int,
     ) -> None:
-        async with self.state.engine.begin() as conn:
-            await update_sync_run(
-                conn,
-                session.access,
-                sync_id,
-                status=outcome,
-                phase="finished",
-                error=error,
-                counts=counts,
-                quarantined=quarantined,
-                finished_at=datetime.now(UTC),
-            )
-            await repo.append_audit(
-                conn,
-                session.audit_record(
-                    "sync", outcome, sync_id=str(sync_id), counts=counts, quarantined=quarantined
-                ),
-            )
+        try:
+            async with self.state.engine.begin() as conn:
+                await update_sync_run(
+                    conn,
+                    session.access,
+                    sync_id,
+                    status=outcome,
+                    phase="finished",
+                    error=error,
+                    errors=errors,
+                    counts=counts,
+                    quarantined=quarantined,
+                    heartbeat_at=datetime.now(UTC),
+                    finished_at=datetime.now(UTC),
+                )
+                await repo.append_audit(
+                    conn,
+                    session.audit_record(
+                        "sync",
+                        outcome,
+                        sync_id=str(sync_id),
+                        counts=counts,
+                        quarantined=quarantined,
+                        errors=sorted(errors),
+                    ),
+                )
+        finally:
+            try:
+                await store.release_run_lock(lock, sync_id)
+            finally:
+                await lock.close()

@@ -46,9 +46,17 @@ def _sync_json(run: dict[str, Any]) -> dict[str, Any]:
         "counts": run["counts"],
         "quarantined": run["quarantined"],
         "error": run["error"],
+        "errors": run["errors"],
+        "mode": run["mode"],
         "started_at": run["started_at"].isoformat(),
-        "finished_at": run["finished_at"].isoformat() if run["finished_at"] else None,
+        "heartbeat_at": _iso(run["heartbeat_at"]),
+        "answerable_at": _iso(run["answerable_at"]),
+        "finished_at": _iso(run["finished_at"]),
     }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value else None
 
 
 async def _audit(
@@ -117,10 +125,8 @@ async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBod
     """Answer a question about the launched patient with validated citations."""
     state = app_state(request)
     async with state.engine.begin() as conn:
-        done = await latest_sync_run(conn, session.access, status="done") or await latest_sync_run(
-            conn, session.access, status="partial"
-        )
-        if done is None:
+        ready = await latest_sync_run(conn, session.access, answerable=True)
+        if ready is None:
             raise Conflict(
                 "this patient has not been synced yet: POST /api/sync first", code="not_synced"
             )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fhir_adapters.client import RetryPolicy
 from rag import Embedder
 from smart_app.crypto import TokenCipher
 from smart_app.oauth import ClientConfig, SmartClient
@@ -26,6 +27,9 @@ class AppConfig:
     session_ttl_seconds: int = 8 * 3600
     secure_cookies: bool = False
     sync_page_size: int = 200
+    sync_lease_seconds: float = 30.0
+    fhir_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fhir_url_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cookie_name: str = "chartcite_session"
 
 

@@ -81,7 +81,9 @@ WRITE_OR_HOUSEKEEPING = {
     "quarantine",
     "create_sync_run",
     "update_sync_run",
-    "fail_stale_runs",
+    "close_dead_runs",
+    "hold_run_lock",
+    "release_run_lock",
     "known_concepts",
     "add_concepts",
 }
