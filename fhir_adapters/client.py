@@ -41,8 +41,8 @@ from fhirpy.base.utils import AttrDict, get_by_path
 
 from fhir_adapters.errors import (
     FhirAuthError,
-    FhirServerError,
     FhirNotFound,
+    FhirServerError,
     FhirTokenRejected,
     IncompleteResults,
 )

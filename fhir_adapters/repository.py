@@ -93,10 +93,12 @@ async def store_facts(conn: AsyncConnection, access: AccessFilter, facts: Sequen
     rows = [{"source": access.source, "patient_id": access.patient_id, **asdict(f)} for f in facts]
     stmt = pg_insert(_fact).values(rows)
     cols = [c.name for c in _fact.c if c.name not in key and c.name != "indexed_hash"]
+    # A re-projected fact is re-indexed (its text may have changed with the same raw version,
+    # e.g. a note whose Binary could be read this time).
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=list(key),
-            set_={c: stmt.excluded[c] for c in cols},
+            set_={**{c: stmt.excluded[c] for c in cols}, "indexed_hash": None},
         )
     )
 
@@ -502,26 +504,34 @@ async def chart_health(conn: AsyncConnection, access: AccessFilter) -> dict[str,
     for r in rows:
         incomplete.setdefault(r.resource_type, {})[r.incomplete] = r.n
     unindexed = await conn.scalar(
-        select(func.count()).where(
-            _patient(_fact, access),
-            or_(
-                _fact.c.source_hash.is_(None),
-                _fact.c.indexed_hash.is_distinct_from(_fact.c.source_hash),
-            ),
-        )
+        select(func.count()).select_from(_fact).where(_patient(_fact, access), _needs_index())
     )
     return {"incomplete": incomplete, "unindexed": int(unindexed or 0)}
+
+
+_NO_CHUNKS = text(
+    """NOT EXISTS (SELECT 1 FROM chunk c WHERE c.source = clinical_fact.source
+    AND c.patient_id = clinical_fact.patient_id AND c.resource_type = clinical_fact.resource_type
+    AND c.resource_id = clinical_fact.id)
+  AND (clinical_fact.resource_type <> 'DocumentReference'
+    OR coalesce(btrim(clinical_fact.value_text), '') <> '')"""
+)
+
+
+def _needs_index() -> Any:
+    """Not indexed at its version, or indexed but its chunks are gone (and it should have some)."""
+    return or_(
+        _fact.c.source_hash.is_(None),
+        _fact.c.indexed_hash.is_distinct_from(_fact.c.source_hash),
+        _NO_CHUNKS,
+    )
 
 
 async def unindexed_facts(conn: AsyncConnection, access: AccessFilter) -> list[dict[str, Any]]:
     """Facts whose chunks are missing or were built from another version (notes last)."""
     rows = await conn.execute(
         select(_fact)
-        .where(
-            _patient(_fact, access),
-            _fact.c.source_hash.is_not(None),
-            _fact.c.indexed_hash.is_distinct_from(_fact.c.source_hash),
-        )
+        .where(_patient(_fact, access), _fact.c.source_hash.is_not(None), _needs_index())
         .order_by(
             (_fact.c.resource_type == "DocumentReference").asc(), _fact.c.resource_type, _fact.c.id
         )

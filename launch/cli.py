@@ -81,6 +81,43 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from launch.db import DatabaseError, create_engine, open_database, require_migrated
+    from launch.repair import repair_all
+
+    if not args.repair:
+        print(
+            "chartcite sync: a sync needs a patient's SMART token, so it runs from a launch "
+            "(POST /api/sync). Use --repair to rebuild derived data from the raw store.",
+            file=sys.stderr,
+        )
+        return 2
+    settings = _settings(args, env="dev" if args.dev else None)
+    database = open_database(settings)
+
+    async def run() -> Any:
+        engine = create_engine(database, pool_size=1)
+        try:
+            await require_migrated(engine)
+        finally:
+            await engine.dispose()
+        return await repair_all(database, settings, say=print)
+
+    started = time.perf_counter()
+    try:
+        report = asyncio.run(run())
+    except DatabaseError as exc:
+        print(f"chartcite: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"repair: {report.patients} patients checked in {time.perf_counter() - started:.1f}s; "
+        f"{report.projected} facts re-projected, {report.indexed} re-indexed, "
+        f"{report.removed_facts} orphan facts and {report.removed_chunks} orphan chunks removed; "
+        f"{report.still_incomplete} facts still incomplete (need the EHR: sync from a launch)"
+    )
+    return 0
+
+
 def cmd_model_build(args: argparse.Namespace) -> int:
     from rag.model_build import ModelBuildError, build_onnx_model
 
@@ -218,6 +255,14 @@ def parser() -> argparse.ArgumentParser:
     common(verify)
     verify.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
     verify.set_defaults(func=cmd_audit_verify)
+
+    sync = sub.add_parser("sync", help="sync maintenance (--repair: rebuild derived data, offline)")
+    common(sync)
+    sync.add_argument(
+        "--repair", action="store_true", help="re-project and re-index from the raw store"
+    )
+    sync.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
+    sync.set_defaults(func=cmd_sync)
 
     model = sub.add_parser("model", help="embedding model").add_subparsers(
         dest="model_command", required=True

@@ -18,6 +18,8 @@ from fastapi import FastAPI
 from launch.app import create_app
 from launch.db import Database
 from launch.sandbox import (
+    FaultInjector,
+    FaultPlan,
     SandboxClient,
     SandboxConfig,
     SandboxStore,
@@ -49,6 +51,7 @@ class Demo:
     settings: Settings
     app: FastAPI
     store: SandboxStore
+    faults: FaultPlan
 
     @property
     def iss(self) -> str:
@@ -78,8 +81,14 @@ def build_demo(
         ),
         store,
     )
-    app = create_app(settings, database=database, mounts={"/ehr": sandbox}, on_ready=on_ready)  # type: ignore[arg-type]
-    return Demo(settings=settings, app=app, store=store)
+    faults = FaultPlan()
+    app = create_app(
+        settings,
+        database=database,
+        mounts={"/ehr": FaultInjector(sandbox, faults)},
+        on_ready=on_ready,  # type: ignore[arg-type]
+    )
+    return Demo(settings=settings, app=app, store=store, faults=faults)
 
 
 class BackgroundServer:

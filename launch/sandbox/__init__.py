@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from launch.sandbox.app import create_sandbox_app
 from launch.sandbox.config import SandboxClient, SandboxConfig
+from launch.sandbox.faults import Fault, FaultInjector, FaultPlan
 from launch.sandbox.loader import load_fhir_dir
 from launch.sandbox.store import SandboxStore
 from launch.sandbox.synthetic import generate_patients
 
 __all__ = [
+    "Fault",
+    "FaultInjector",
+    "FaultPlan",
     "SandboxClient",
     "SandboxConfig",
     "SandboxStore",

@@ -89,6 +89,15 @@ class SandboxStore:
         for target in targets:
             self._refs_in.setdefault(target, {})[key] = None
 
+    def remove(self, resource_type: str, resource_id: str) -> Resource | None:
+        """Delete a resource (as an EHR does between two syncs); returns what was removed."""
+        key = (resource_type, resource_id)
+        if key not in self._resources:
+            return None
+        self._unindex(key)
+        self._by_type.get(resource_type, {}).pop(resource_id, None)
+        return self._resources.pop(key)
+
     def _unindex(self, key: Key) -> None:
         owner = self._owner.pop(key, None)
         if owner is not None:
