@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -151,6 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from launch import logs
     from launch.db import DatabaseError, open_database
+    from launch.sandbox import Fault
     from launch.server import build_demo, sandbox_store
 
     started = time.perf_counter()
@@ -179,6 +181,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
 
     demo = build_demo(settings, store, database=database, on_ready=ready)
+    if args.faults:
+        demo.faults.set(*[Fault(**f) for f in json.loads(args.faults)])
+        print(f"sandbox fault drill: {len(demo.faults.faults)} fault rule(s) active", flush=True)
     uvicorn.run(
         demo.app, host=settings.host, port=settings.port, access_log=False, log_level="warning"
     )
@@ -234,6 +239,10 @@ def parser() -> argparse.ArgumentParser:
     common(demo, server=True)
     demo.add_argument("--patients", type=int, default=20, help="synthetic patients (default 20)")
     demo.add_argument("--data", help="load FHIR R4 Bundles/NDJSON from this folder instead")
+    demo.add_argument(
+        "--faults",
+        help='fault drill: JSON list of sandbox faults, e.g. \'[{"kind": "status", "status": 503}]\'',
+    )
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="serve for real EHRs (settings from environment/.env)")
