@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 SECTION = re.compile(r"^\s*([A-Z][A-Za-z /&()-]{2,60}):\s*(.*)$")
+MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
 MAX_CHARS = 900
 
 
@@ -94,10 +95,14 @@ def fact_sentence(fact: dict[str, Any]) -> str:
 
 
 def split_sections(text: str) -> list[str]:
-    """Split a note into sections at ``Heading:`` lines; long sections at sentence boundaries."""
+    """Split a note into sections at ``Heading:`` lines and Markdown ``#`` headings; long sections
+    at sentence boundaries."""
     sections: list[list[str]] = []
     for line in text.splitlines():
         if not line.strip():
+            continue
+        if heading := MD_HEADING.match(line):
+            sections.append([f"{heading.group(1).strip()}:"])
             continue
         if SECTION.match(line) or not sections:
             sections.append([line.strip()])

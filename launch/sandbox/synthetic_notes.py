@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 
 from launch.sandbox import synthetic_catalog as cat
+from launch.sandbox.note_formats import render
 from launch.sandbox.synthetic_fhir import (
     Resource,
     _age,
@@ -19,6 +20,8 @@ from launch.sandbox.synthetic_fhir import (
 )
 from launch.sandbox.synthetic_medications import _ChartMedications
 from launch.sandbox.synthetic_schedule import _Visit
+
+NOTE_STYLES = ("plain", "markdown", "plain", "html", "latin1", "plain", "pdf")
 
 
 class _ChartNotes(_ChartMedications):
@@ -187,11 +190,16 @@ class _ChartNotes(_ChartMedications):
             ("34117-2", "History and physical note") if i == 0 else ("11506-3", "Progress note")
         )
         text = self._note_text(visit, i, title)
-        data = base64.b64encode(text.encode("utf-8")).decode("ascii")
-        written = visit.moment + dt.timedelta(minutes=90)
+        # Real EHRs send notes as plain text, Markdown, HTML, Latin-1 text or PDF, inline or in a
+        # Binary; every seventh note of each kind cycles through them.
         doc_id = self._id("doc")
-        attachment: Resource = {"contentType": "text/plain", "language": "en-US"}
-        if self.counts["doc"] % 4 == 2:
+        n = self.counts["doc"]
+        style = NOTE_STYLES[n % len(NOTE_STYLES)]
+        content_type, raw = render(text, style)
+        data = base64.b64encode(raw).decode("ascii")
+        written = visit.moment + dt.timedelta(minutes=90)
+        attachment: Resource = {"contentType": content_type, "language": "en-US"}
+        if style in ("html", "pdf") or n % 7 == 2:
             binary_id = self._id("bin")
             attachment["url"] = f"Binary/{binary_id}"
             self.out["Binary"].append(
@@ -199,7 +207,7 @@ class _ChartNotes(_ChartMedications):
                     "resourceType": "Binary",
                     "id": binary_id,
                     "meta": meta(written),
-                    "contentType": "text/plain",
+                    "contentType": content_type,
                     "securityContext": self.patient_ref,
                     "data": data,
                 }
@@ -207,7 +215,7 @@ class _ChartNotes(_ChartMedications):
         else:
             attachment["data"] = data
         attachment |= {
-            "size": len(text.encode("utf-8")),
+            "size": len(raw),
             "title": title,
             "creation": instant(written),
         }
