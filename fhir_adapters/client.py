@@ -24,6 +24,7 @@ lifetime: use it as ``async with FhirClient(...) as client``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections import Counter
@@ -37,7 +38,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from fhirpy import AsyncFHIRClient
 from fhirpy.base.exceptions import ResourceNotFound
-from fhirpy.base.utils import AttrDict, get_by_path
+from fhirpy.base.utils import get_by_path
 
 from fhir_adapters.errors import (
     FhirAuthError,
@@ -64,11 +65,6 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2**attempt)]."""
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
-
-
-def _plain(value: Any) -> Any:
-    """fhirpy returns AttrDicts; store plain JSON."""
-    return json.loads(json.dumps(value))
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -155,7 +151,7 @@ class _Fhirpy(AsyncFHIRClient):
                 if 200 <= r.status < 300:
                     raw = await r.text()
                     try:
-                        return json.loads(raw, object_hook=AttrDict) if raw else None
+                        return json.loads(raw) if raw else None
                     except json.JSONDecodeError:
                         raise _Transient("truncated or invalid JSON") from None
                 await r.read()
@@ -247,11 +243,11 @@ class FhirClient:
                 await self._sleep(delay if delay is not None else self.retry.backoff(attempt))
 
     async def capabilities(self) -> dict[str, Any]:
-        return _plain(await self._call("metadata"))  # type: ignore[no-any-return]
+        return await self._call("metadata")  # type: ignore[no-any-return]
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         try:
-            return _plain(await self._call(f"{resource_type}/{resource_id}"))  # type: ignore[no-any-return]
+            return await self._call(f"{resource_type}/{resource_id}")  # type: ignore[no-any-return]
         except ResourceNotFound:
             return None
 
@@ -262,8 +258,10 @@ class FhirClient:
     async def pages(self, path: str, params: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield each page's resources, following ``next`` links to the end.
 
-        Raises ``IncompleteResults`` after the last page if fewer matches arrived than the first
-        page's ``Bundle.total`` promised.
+        The next page is requested before the current one is yielded, so the EHR serves it while
+        the caller validates and stores (use ``contextlib.aclosing`` so an abandoned iteration
+        cancels that request). Raises ``IncompleteResults`` after the last page if fewer matches
+        arrived than the first page's ``Bundle.total`` promised.
         """
         try:
             bundle = await self._call(path, params)
@@ -271,25 +269,37 @@ class FhirClient:
             raise FhirNotFound(f"the EHR has no {path.split('/')[-1]} endpoint (404)") from None
         total = bundle.get("total") if isinstance(bundle, dict) else None
         matched = 0
-        while True:
-            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-                raise FhirServerError(
-                    "the EHR answered a search with something other than a Bundle"
+        ahead: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+                    raise FhirServerError(
+                        "the EHR answered a search with something other than a Bundle"
+                    )
+                entries = [e for e in bundle.get("entry") or [] if e.get("resource")]
+                matched += sum(
+                    1 for e in entries if (e.get("search") or {}).get("mode", "match") == "match"
                 )
-            entries = [e for e in bundle.get("entry") or [] if e.get("resource")]
-            matched += sum(
-                1 for e in entries if (e.get("search") or {}).get("mode", "match") == "match"
-            )
-            yield [_plain(e["resource"]) for e in entries]
-            next_link = get_by_path(bundle, ["link", {"relation": "next"}, "url"])
-            if not next_link:
-                break
-            try:
-                bundle = await self._call(self.resolve(str(next_link)))
-            except ResourceNotFound:
-                raise FhirServerError("a next page of the search is gone (404)") from None
+                next_link = get_by_path(bundle, ["link", {"relation": "next"}, "url"])
+                if next_link:
+                    ahead = asyncio.create_task(self._next_page(str(next_link)))
+                yield [e["resource"] for e in entries]
+                if ahead is None:
+                    break
+                bundle, ahead = await ahead, None
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
         if isinstance(total, int) and matched < total:
             raise IncompleteResults(f"{matched} of {total} results arrived")
+
+    async def _next_page(self, link: str) -> Any:
+        try:
+            return await self._call(self.resolve(link))
+        except ResourceNotFound:
+            raise FhirServerError("a next page of the search is gone (404)") from None
 
     async def binary(self, url: str) -> dict[str, Any] | None:
         """The ``Binary`` resource an attachment ``url`` names (``Binary/x`` or under the base).

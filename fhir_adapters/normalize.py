@@ -78,8 +78,11 @@ def content_hash(resource: dict[str, Any]) -> str:
     ).hexdigest()
 
 
-def validate(resource: Any) -> dict[str, Any]:
-    """Validate against the R4B model of its type; return the resource unchanged (raw JSON kept)."""
+def validate(resource: Any, text: str | None = None) -> dict[str, Any]:
+    """Validate against the R4B model of its type; return the resource unchanged (raw JSON kept).
+
+    ``text`` is the resource's JSON, when the caller has it (saves serialising it again).
+    """
     if not isinstance(resource, dict):
         raise InvalidResource("not a JSON object")
     rtype = resource.get("resourceType")
@@ -92,7 +95,9 @@ def validate(resource: Any) -> dict[str, Any]:
     except (KeyError, ValueError, AttributeError, ImportError):
         raise InvalidResource(f"unknown resourceType {rtype[:40]!r}") from None
     try:
-        model.model_validate(resource)
+        # JSON mode: the input is FHIR JSON, and pydantic validates it ~1.7x faster from text
+        # than from dicts (measured: 947 resources 0.27 s vs 0.46 s, json.dumps included).
+        model.model_validate_json(text if text is not None else json.dumps(resource))
     except ValidationError as exc:
         parts = sorted(
             {f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['type']}" for e in exc.errors()}
@@ -288,3 +293,60 @@ def project(
         if ids := binary_ids(resource):
             f.detail["binary_ids"] = ids
     return f
+
+
+_REF = {"reference": "Patient/warm-up", "display": "x"}
+_CC = {"coding": [{"system": "http://loinc.org", "code": "1", "display": "x"}], "text": "x"}
+_QTY = {"value": 1, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}
+_PERIOD = {"start": "2020-01-01", "end": "2020-01-02"}
+_WARM_UP: list[dict[str, Any]] = [
+    {"resourceType": "Patient", "id": "w", "meta": {"lastUpdated": "2020-01-01T00:00:00Z"},
+     "identifier": [{"system": "urn:x", "value": "1", "type": _CC}], "name": [{"family": "x",
+     "given": ["x"], "text": "x"}], "telecom": [{"system": "phone", "value": "1"}], "gender":
+     "female", "birthDate": "1950-01-01", "address": [{"line": ["x"], "city": "x"}],
+     "extension": [{"url": "urn:x", "valueString": "x"}], "communication": [{"language": _CC}]},
+    {"resourceType": "Observation", "id": "w", "status": "final", "category": [_CC], "code": _CC,
+     "subject": _REF, "encounter": _REF, "effectiveDateTime": "2020-01-01T00:00:00Z",
+     "issued": "2020-01-01T00:00:00Z", "valueQuantity": _QTY, "interpretation": [_CC],
+     "referenceRange": [{"low": _QTY, "high": _QTY, "text": "x"}],
+     "component": [{"code": _CC, "valueQuantity": _QTY}, {"code": _CC, "valueCodeableConcept": _CC}]},
+    {"resourceType": "MedicationRequest", "id": "w", "status": "active", "intent": "order",
+     "medicationCodeableConcept": _CC, "subject": _REF, "authoredOn": "2020-01-01",
+     "requester": _REF, "reasonReference": [_REF], "dosageInstruction": [{"text": "x", "timing":
+     {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}, "route": _CC, "doseAndRate":
+     [{"doseQuantity": _QTY}]}], "dispenseRequest": {"validityPeriod": _PERIOD, "quantity": _QTY,
+     "numberOfRepeatsAllowed": 1, "expectedSupplyDuration": {"value": 30, "unit": "d"}},
+     "contained": [{"resourceType": "Medication", "id": "m", "code": _CC}]},
+    {"resourceType": "Medication", "id": "w", "code": _CC, "form": _CC,
+     "ingredient": [{"itemCodeableConcept": _CC, "strength": {"numerator": _QTY, "denominator": _QTY}}]},
+    {"resourceType": "Condition", "id": "w", "clinicalStatus": _CC, "verificationStatus": _CC,
+     "category": [_CC], "code": _CC, "subject": _REF, "onsetDateTime": "2020-01-01",
+     "abatementDateTime": "2020-01-02", "recordedDate": "2020-01-01", "note": [{"text": "x"}]},
+    {"resourceType": "AllergyIntolerance", "id": "w", "clinicalStatus": _CC, "type": "allergy",
+     "category": ["medication"], "criticality": "low", "code": _CC, "patient": _REF,
+     "reaction": [{"manifestation": [_CC], "severity": "mild"}]},
+    {"resourceType": "Immunization", "id": "w", "status": "completed", "vaccineCode": _CC,
+     "patient": _REF, "occurrenceDateTime": "2020-01-01", "primarySource": True, "lotNumber": "x",
+     "performer": [{"actor": _REF}], "protocolApplied": [{"doseNumberPositiveInt": 1}]},
+    {"resourceType": "Procedure", "id": "w", "status": "completed", "code": _CC, "subject": _REF,
+     "performedPeriod": _PERIOD, "reasonCode": [_CC], "bodySite": [_CC], "location": _REF},
+    {"resourceType": "Encounter", "id": "w", "status": "finished", "class": {"system": "urn:x",
+     "code": "AMB"}, "type": [_CC], "subject": _REF, "period": _PERIOD, "reasonCode": [_CC],
+     "participant": [{"type": [_CC], "individual": _REF, "period": _PERIOD}], "serviceProvider":
+     _REF, "location": [{"location": _REF}], "hospitalization": {"dischargeDisposition": _CC}},
+    {"resourceType": "DocumentReference", "id": "w", "status": "current", "docStatus": "final",
+     "type": _CC, "category": [_CC], "subject": _REF, "date": "2020-01-01T00:00:00Z",
+     "author": [_REF], "custodian": _REF, "content": [{"attachment": {"contentType":
+     "text/plain", "data": "eA==", "url": "Binary/x", "title": "x", "creation": "2020-01-01"},
+     "format": {"system": "urn:x", "code": "x"}}], "context": {"encounter": [_REF],
+     "period": _PERIOD}},
+    {"resourceType": "Binary", "id": "w", "contentType": "text/plain", "data": "eA==",
+     "securityContext": _REF},
+]  # fmt: skip
+
+
+def warm_up() -> None:
+    """Validate one rich example of every stored type once, so fhir.resources imports and builds
+    its nested models now rather than during the first patient's sync (measured: ~0.4 s)."""
+    for resource in _WARM_UP:
+        validate(resource)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,11 +46,14 @@ from fhir_adapters.normalize import (
     validate,
 )
 from fhir_adapters.notes import binary_ids
+from fhir_adapters.validation import Validator
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, dict[str, int], int], Awaitable[None]]
 _PATIENT_REFS = ("subject", "patient")
 _BATCH = 500
+#: Reconciled first, so questions about them are answerable before notes are read.
+STRUCTURED_TYPES = CLINICAL_TYPES - {"DocumentReference"}
 _DEP_READS = 4  # concurrent Medication/Binary reads
 
 
@@ -59,6 +64,8 @@ class PullResult:
     #: Per resource type (or ``everything``/``Medication``/``Binary``): what went wrong.
     errors: dict[str, str] = field(default_factory=dict)
     tombstoned: list[tuple[str, str]] = field(default_factory=list)
+    #: Milliseconds spent fetching (HTTP, validation, storage of pages) and reconciling.
+    timings: dict[str, int] = field(default_factory=dict)
 
 
 def belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
@@ -83,7 +90,8 @@ def _needs_lookup(resource: dict[str, Any], known: set[tuple[str, str]]) -> bool
 
 
 class Puller:
-    """One pull of one patient: fetch every page, then ``reconcile``."""
+    """One pull of one patient: ``run`` fetches every page and reconciles the structured facts
+    (then they are answerable); ``reconcile_notes`` reads and projects the notes."""
 
     def __init__(
         self,
@@ -94,8 +102,10 @@ class Puller:
         *,
         page_size: int = 200,
         progress: Progress | None = None,
+        validator: Validator | None = None,
     ) -> None:
         self.engine = engine
+        self.validator = validator or Validator(workers=0)
         self.client = client
         self.access = access
         self.sync_id = sync_id
@@ -105,7 +115,10 @@ class Puller:
         self._seen: set[tuple[str, str]] = set()
 
     async def run(self, *, since: datetime | None = None) -> PullResult:
+        started = time.perf_counter()
         complete = await self.fetch(since=since)
+        fetched = time.perf_counter()
+        self.result.timings["ms_fetch"] = round((fetched - started) * 1000)
         if since is None and complete:
             async with self.engine.begin() as conn:
                 self.result.tombstoned = await repo.tombstone(
@@ -113,7 +126,31 @@ class Puller:
                 )
             self.result.counts["tombstoned"] = len(self.result.tombstoned)
         await self._report("normalizing")
-        await reconcile(self.engine, self.access, self.client, self.result, sync_id=self.sync_id)
+        await reconcile(
+            self.engine,
+            self.access,
+            self.client,
+            self.result,
+            types=STRUCTURED_TYPES,
+            sync_id=self.sync_id,
+            orphans=False,
+        )
+        self.result.timings["ms_reconcile"] = round((time.perf_counter() - fetched) * 1000)
+        return self.result
+
+    async def reconcile_notes(self) -> PullResult:
+        """Second step: notes (reading their Binaries), then orphaned derived rows."""
+        started = time.perf_counter()
+        await reconcile(
+            self.engine,
+            self.access,
+            self.client,
+            self.result,
+            types=frozenset({"DocumentReference"}),
+            sync_id=self.sync_id,
+            orphans=True,
+        )
+        self.result.timings["ms_notes"] = round((time.perf_counter() - started) * 1000)
         return self.result
 
     async def fetch(self, *, since: datetime | None = None) -> set[str]:
@@ -153,8 +190,20 @@ class Puller:
     async def _source(self, key: str, path: str, params: dict[str, Any]) -> bool:
         """Store every page of one search; ``False`` (with the error recorded) if it broke off."""
         try:
-            async for page in self.client.pages(path, params):
-                await self._ingest(page)
+            # A three-stage pipeline: the client fetches page k+2 while page k+1 is validated
+            # (worker process) and page k is stored; pages still commit in order.
+            # A page already checked is stored even when the next one fails.
+            storing: asyncio.Task[None] | None = None
+            try:
+                async with aclosing(self.client.pages(path, params)) as pages:
+                    async for page in pages:
+                        checked = await self._check(page)
+                        if storing is not None:
+                            await storing
+                        storing = asyncio.create_task(self._store(page, *checked))
+            finally:
+                if storing is not None:
+                    await storing
         except FhirNotFound:
             if key == "everything":
                 raise
@@ -167,16 +216,47 @@ class Puller:
             return False
         return True
 
-    async def _ingest(self, page: list[dict[str, Any]]) -> None:
-        """Store one page and the facts it alone is enough for, in one transaction."""
+    async def _ingest(self, page: list[Any]) -> None:
+        """Check and store one page (resources read one by one)."""
+        await self._store(page, *await self._check(page))
+
+    async def _check(self, page: list[Any]) -> tuple[list[str], dict[int, str | None]]:
+        """Content hashes, and the validation verdict of every resource not already stored."""
+        keyed = [
+            r
+            for r in page
+            if isinstance(r, dict)
+            and isinstance(r.get("resourceType"), str)
+            and isinstance(r.get("id"), str)
+        ]
+        async with self.engine.connect() as conn:
+            known = await repo.stored_hashes(
+                conn, self.access, [(r["resourceType"], r["id"]) for r in keyed]
+            )
+        digests = [content_hash(r) if isinstance(r, dict) else "" for r in page]
+        # A version already stored was validated when it was stored: only new content is.
+        fresh = [
+            i
+            for i, r in enumerate(page)
+            if not isinstance(r, dict)
+            or known.get((r.get("resourceType"), r.get("id"))) != digests[i]  # type: ignore[arg-type]
+        ]
+        verdicts = dict(
+            zip(fresh, await self.validator.check([page[i] for i in fresh]), strict=True)
+        )
+        return digests, verdicts
+
+    async def _store(
+        self, page: list[Any], digests: list[str], verdicts: dict[int, str | None]
+    ) -> None:
+        """Store one checked page and the facts it alone is enough for, in one transaction."""
         good: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
         async with self.engine.begin() as conn:
-            for resource in page:
-                try:
-                    validate(resource)
-                except InvalidResource as exc:
-                    await self._quarantine(conn, resource, exc.reason)
+            for i, resource in enumerate(page):
+                if (reason := verdicts.get(i)) is not None:
+                    await self._quarantine(conn, resource, reason)
                     continue
+                digest = digests[i]
                 rtype = resource["resourceType"]
                 if rtype not in CLINICAL_TYPES | SUPPORT_TYPES or (
                     not self.access.allows(rtype) and rtype not in SUPPORT_TYPES
@@ -188,7 +268,7 @@ class Puller:
                         conn, resource, "outside the launched patient's compartment"
                     )
                     continue
-                good[(rtype, resource["id"])] = (resource, content_hash(resource))
+                good[(rtype, resource["id"])] = (resource, digest)
             outcome = await repo.store_resources(conn, self.access, list(good.values()))
             self._seen.update(good)
             for rtype, _ in good:
@@ -243,16 +323,19 @@ async def reconcile(
     client: FhirClient | None,
     result: PullResult,
     *,
+    types: frozenset[str] = CLINICAL_TYPES,
     sync_id: uuid.UUID | None = None,
+    orphans: bool = True,
 ) -> None:
-    """Rebuild every fact that is missing, stale or incomplete from the raw store.
+    """Rebuild every fact of ``types`` that is missing, stale or incomplete from the raw store.
 
     With a ``client``, Medications and note Binaries that are not stored are read from the EHR
-    first; without one (``--repair`` offline) what is stored is all there is.
+    first; without one (``--repair`` offline) what is stored is all there is. ``orphans`` also
+    drops facts and chunks whose raw resource is gone.
     """
     support = access.widened_for_support(SUPPORT_TYPES)
     async with engine.connect() as conn:
-        stale = await repo.stale_resources(conn, access, CLINICAL_TYPES)
+        stale = await repo.stale_resources(conn, access, types)
     for i in range(0, len(stale), _BATCH):
         async with engine.connect() as conn:
             items = await repo.get_resources_by_key(conn, access, stale[i : i + _BATCH])
@@ -275,6 +358,8 @@ async def reconcile(
         async with engine.begin() as conn:
             await repo.store_facts(conn, access, facts)
         result.counts["projected"] += len(facts)
+    if not orphans:
+        return
     async with engine.begin() as conn:
         removed_facts, removed_chunks = await repo.delete_orphans(conn, access)
     if removed_facts or removed_chunks:

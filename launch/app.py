@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from fhir_adapters.client import RetryPolicy
+from fhir_adapters.normalize import warm_up
+from fhir_adapters.validation import Validator
 from launch import logs
 from launch.db import Database, create_engine, open_database, require_migrated
 from launch.settings import Settings
@@ -92,9 +94,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = database or open_database(settings)
         engine = create_engine(db)
+        validator = Validator(workers=settings.sync_validate_workers)
         try:
             await require_migrated(engine)
             embedder = load_embedder(settings.resolved_model_dir, threads=settings.embed_threads)
+            warm_up()
+            await validator.start()
             cipher = TokenCipher.from_b64(token_key(settings))
             async with httpx2.AsyncClient(timeout=settings.http_timeout_seconds) as http:
                 state = AppState(
@@ -103,6 +108,7 @@ def create_app(
                     cipher=cipher,
                     smart=SmartClient(http, discovery_ttl=settings.discovery_ttl_seconds),
                     embedder=embedder,
+                    validator=validator,
                 )
                 state.jobs = SyncJobs(state)
                 await state.jobs.close_dead_runs()
@@ -112,6 +118,7 @@ def create_app(
                 yield
                 await state.jobs.shutdown()
         finally:
+            validator.close()
             await engine.dispose()
 
     app = FastAPI(

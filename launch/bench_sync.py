@@ -1,31 +1,108 @@
-"""``chartcite bench sync``: launch and sync patients over HTTP, time per patient."""
+"""``chartcite bench sync``: launch and sync patients over real HTTP, and time what a clinician waits.
+
+Per patient: EHR launch → first answered structured question (the launch, ``POST /api/sync``, polling
+until the run is answerable, then ``POST /api/ask``), the fetch phase's throughput (HTTP, validation
+and storage of every page; resources per second), and the time until every note is indexed. Then
+p50/p95 over the patients. The sandbox EHR runs in the same process (and on the same two cores) as
+the app, so fetch throughput includes serving the pages.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
-from launch.bench import served_demo
-from launch.demo_client import launch_patient, sync_patient
+import httpx2
+
+from launch.bench import pct, served_demo
+from launch.demo_client import launch_patient
+from launch.server import sandbox_store
+
+QUESTION = "What medications has this patient been prescribed?"
 
 
-def run(*, patients: int = 3, data: Path | None = None) -> int:
-    with served_demo(data=data) as demo:
+def _poll(client: httpx2.Client, sync_id: str, until: Any, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = client.get(f"/api/sync/{sync_id}").json()
+        if until(status):
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sync {sync_id} did not finish in {timeout}s")
+        time.sleep(0.05)  # a page polls far less often; faster polling would load the server
+
+
+def _one(base_url: str, pid: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    client, resp = launch_patient(base_url, pid)
+    try:
+        resp.raise_for_status()
+        launched = time.perf_counter()
+        sync_id = client.post("/api/sync", json={}).json()["id"]
+        _poll(client, sync_id, lambda s: s["answerable_at"] or s["status"] != "running")
+        answer = client.post("/api/ask", json={"question": QUESTION})
+        answer.raise_for_status()
+        answered = time.perf_counter()
+        final = _poll(client, sync_id, lambda s: s["status"] != "running")
+        indexed = time.perf_counter()
+    finally:
+        client.close()
+    counts = final["counts"]
+    resources = sum(v for k, v in counts.items() if k[:1].isupper())
+    fetch_s = counts.get("ms_fetch", 0) / 1000
+    return {
+        "pid": pid,
+        "status": final["status"],
+        "resources": resources,
+        "chunks": counts.get("chunks_indexed", 0),
+        "launch_s": launched - t0,
+        "first_answer_s": answered - t0,
+        "fetch_s": fetch_s,
+        "rate": resources / fetch_s if fetch_s else 0.0,
+        "reconcile_s": counts.get("ms_reconcile", 0) / 1000,
+        "indexed_s": indexed - t0,
+    }
+
+
+def run(*, patients: int = 3, data: Path | None = None, chart_scale: float = 1.0) -> int:
+    store = None if data else sandbox_store(patients=max(patients, 1), history_scale=chart_scale)
+    with served_demo(data=data, store=store) as demo:
         print(
-            f"demo start (embedded Postgres + migrations + model + sandbox): {demo.start_seconds:.2f} s"
+            f"demo start (embedded Postgres + migrations + model + sandbox): "
+            f"{demo.start_seconds:.2f} s"
         )
+        print(
+            f"{'patient':>38} {'status':>7} {'res':>5} {'chunks':>6} {'launch→answer':>13} "
+            f"{'fetch s':>7} {'res/s':>6} {'reconcile':>9} {'indexed':>8}"
+        )
+        rows = []
         for pid in [p["id"] for p in demo.store.patients()][:patients]:
-            client, resp = launch_patient(demo.base_url, pid)
-            try:
-                resp.raise_for_status()
-                t = time.perf_counter()
-                status = sync_patient(client)
-                took = time.perf_counter() - t
-            finally:
-                client.close()
-            n = sum(v for k, v in status["counts"].items() if k[:1].isupper())
+            r = _one(demo.base_url, str(pid))
+            rows.append(r)
             print(
-                f"sync {pid}: {status['status']}, {n} resources, "
-                f"{status['counts'].get('chunks_indexed', 0)} chunks, {took:.2f} s"
+                f"{r['pid']:>38} {r['status']:>7} {r['resources']:>5} {r['chunks']:>6} "
+                f"{r['first_answer_s']:>12.2f}s {r['fetch_s']:>7.2f} {r['rate']:>6.0f} "
+                f"{r['reconcile_s']:>8.2f}s {r['indexed_s']:>7.2f}s"
             )
+    if not rows:
+        print("no patients")
+        return 1
+    total_res = sum(r["resources"] for r in rows)
+    total_fetch = sum(r["fetch_s"] for r in rows)
+    print(
+        f"\n{len(rows)} patients, {total_res} resources "
+        f"(mean {total_res / len(rows):.0f}/chart); all done: "
+        f"{sum(r['status'] == 'done' for r in rows)}/{len(rows)}"
+    )
+    for key, label in (
+        ("first_answer_s", "launch → first answered structured question"),
+        ("indexed_s", "launch → every note indexed"),
+        ("fetch_s", "fetch + validate + store"),
+    ):
+        values = [r[key] for r in rows]
+        print(f"  {label:<44} p50 {pct(values, 0.5):6.2f} s   p95 {pct(values, 0.95):6.2f} s")
+    print(
+        f"  fetch + validate + store throughput            {total_res / total_fetch:8.0f} resources/s"
+    )
     return 0

@@ -220,7 +220,11 @@ def cmd_bench_ask(args: argparse.Namespace) -> int:
 def cmd_bench_sync(args: argparse.Namespace) -> int:
     from launch import bench_sync
 
-    return bench_sync.run(patients=args.patients, data=Path(args.data) if args.data else None)
+    return bench_sync.run(
+        patients=args.patients,
+        data=Path(args.data) if args.data else None,
+        chart_scale=args.chart_scale,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -292,6 +296,12 @@ def parser() -> argparse.ArgumentParser:
     bench_sync = bench.add_parser("sync", help="sync time per patient")
     bench_sync.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
     bench_sync.add_argument("--data", help="FHIR folder for the sandbox (e.g. Synthea output)")
+    bench_sync.add_argument(
+        "--chart-scale",
+        type=float,
+        default=1.0,
+        help="stretch generated charts' history (3.5: about 1,000 resources per chart)",
+    )
     bench_sync.set_defaults(func=cmd_bench_sync)
     return p
 

@@ -37,11 +37,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def sandbox_store(*, patients: int = 20, data: Path | None = None, seed: int = 7) -> SandboxStore:
+def sandbox_store(
+    *, patients: int = 20, data: Path | None = None, seed: int = 7, history_scale: float = 1.0
+) -> SandboxStore:
     resources = (
         load_fhir_dir(data)
         if data
-        else generate_patients(n_patients=patients, seed=seed, today=date.today())
+        else generate_patients(
+            n_patients=patients, seed=seed, today=date.today(), history_scale=history_scale
+        )
     )
     return SandboxStore(resources)
 

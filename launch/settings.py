@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     embed_threads: int | None = None
     sync_page_size: int = 200
+    sync_validate_workers: int = 1
+    """Processes validating resources beside the event loop (0: validate inline)."""
     sync_lease_seconds: float = 30.0
     """A running sync beats every third of this; one silent for longer is closed ``failed``."""
     fhir_request_timeout_seconds: float = 30.0

@@ -96,8 +96,8 @@ async def replace_chunks(
         }
         for d, concept_id, emb in drafts
     ]
-    for i in range(0, len(rows), 500):
-        await conn.execute(insert(_chunk).values(rows[i : i + 500]))
+    if rows:
+        await conn.execute(insert(_chunk), rows)
 
 
 _HYBRID = text(

@@ -213,12 +213,23 @@ class SyncJobs:
                     sync_id,
                     page_size=st.config.sync_page_size,
                     progress=on_fetch,
+                    validator=st.validator,
                 )
                 try:
                     result = await puller.run()
+                    await self._set(
+                        session,
+                        sync_id,
+                        phase="reading notes",
+                        counts=dict(result.counts),
+                        quarantined=result.quarantined,
+                        answerable_at=datetime.now(UTC),
+                    )
+                    await puller.reconcile_notes()
                 finally:
                     counts, quarantined = dict(puller.result.counts), puller.result.quarantined
                     counts.update({f"http_{k}": v for k, v in client.stats.items()})
+                    counts.update(puller.result.timings)
                     errors = dict(puller.result.errors)
             await self._set(
                 session,
@@ -227,7 +238,6 @@ class SyncJobs:
                 counts=counts,
                 errors=errors,
                 quarantined=quarantined,
-                answerable_at=datetime.now(UTC),
             )
             if result.tombstoned:
                 await self._audit_tombstones(session, sync_id, result.tombstoned)

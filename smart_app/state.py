@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhir_adapters.client import RetryPolicy
+from fhir_adapters.validation import Validator
 from rag import Embedder
 from smart_app.crypto import TokenCipher
 from smart_app.oauth import ClientConfig, SmartClient
@@ -40,4 +41,5 @@ class AppState:
     cipher: TokenCipher
     smart: SmartClient
     embedder: Embedder
+    validator: Validator = field(default_factory=lambda: Validator(workers=0))
     jobs: SyncJobs | None = None  # set by the app factory once the state exists

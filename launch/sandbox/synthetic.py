@@ -140,9 +140,16 @@ def plan_patients(
 
 
 def generate_patients(
-    n_patients: int = 20, seed: int = 7, today: dt.date | None = None
+    n_patients: int = 20,
+    seed: int = 7,
+    today: dt.date | None = None,
+    *,
+    history_scale: float = 1.0,
 ) -> list[Resource]:
-    """FHIR R4 resources for `n_patients` synthetic patients plus shared clinicians and clinics."""
+    """FHIR R4 resources for `n_patients` synthetic patients plus shared clinicians and clinics.
+
+    ``history_scale`` stretches each chart's 2.3-3 years of history (3.5: about 1,000 resources).
+    """
     today = today or dt.date.today()
     created = dt.datetime.combine(today - dt.timedelta(days=1200), dt.time(9, 0), tzinfo=_TZ)
     shared: list[Resource] = [_practitioner(c, created) for c in cat.CLINICIANS]
@@ -150,7 +157,9 @@ def generate_patients(
     medications: dict[str, Resource] = {}
     charts: list[Resource] = []
     for plan in plan_patients(n_patients, seed, today):
-        builder = _ChartBuilder(plan, random.Random(f"chartcite-{seed}-{plan.index}"), today)
+        builder = _ChartBuilder(
+            plan, random.Random(f"chartcite-{seed}-{plan.index}"), today, history_scale
+        )
         charts.append(_patient(plan, builder.first_moment))
         charts += builder.build()
         for rxcui, display in builder.referenced_medications:

@@ -71,8 +71,11 @@ class _ChartBase:
 
     _changes: dict[str, int | None]  # visit index of each planned change; set by build()
 
-    def __init__(self, plan: PatientPlan, rng: random.Random, today: dt.date) -> None:
+    def __init__(
+        self, plan: PatientPlan, rng: random.Random, today: dt.date, history_scale: float = 1.0
+    ) -> None:
         self.plan, self.rng, self.today = plan, rng, today
+        self.history_scale = history_scale
         self.num = f"{plan.index:04d}"
         self.female = plan.gender == "female"
         self.counts: dict[str, int] = {}
@@ -105,7 +108,7 @@ class _ChartBase:
 
     def _schedule(self) -> list[_Visit]:
         rng, plan, today = self.rng, self.plan, self.today
-        start = today - dt.timedelta(days=rng.randint(850, 1095))
+        start = today - dt.timedelta(days=int(rng.randint(850, 1095) * self.history_scale))
         cadence = (84, 98) if plan.diabetic else (90, 120) if plan.problems else (150, 200)
         days: list[dt.date] = []
         day = today - dt.timedelta(days=rng.randint(6, 30))
