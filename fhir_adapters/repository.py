@@ -262,6 +262,7 @@ async def create_sync_run(
             status="running",
             phase="queued",
             mode=mode,
+            types=sorted(access.resource_types),
             counts={},
             errors={},
             quarantined=0,
@@ -297,11 +298,14 @@ async def latest_sync_run(
     *,
     status: str | None = None,
     answerable: bool = False,
+    mode: str | None = None,
 ) -> dict[str, Any] | None:
     """The patient's newest run (of a status; or whose facts were stored: ``answerable``)."""
     conds = [_patient(_sync, access)]
     if status is not None:
         conds.append(_sync.c.status == status)
+    if mode is not None:
+        conds.append(_sync.c.mode == mode)
     if answerable:
         conds.append(_sync.c.answerable_at.is_not(None))
     row = (

@@ -1,7 +1,7 @@
 """Pull one patient's compartment into the store, then reconcile the derived rows with the raw ones.
 
-Fetch: ``Patient/$everything`` when the server offers it (and this is a full pull), else one search
-per readable type (``_lastUpdated`` for incremental pulls). Each page is one transaction: its raw
+Fetch: ``Patient/$everything`` when the server offers it, else one search per readable type; an
+incremental pull asks only for what changed (``_since`` / ``_lastUpdated``). Each page is one transaction: its raw
 resources and the facts that can be projected from the page alone, so a crash never leaves a page
 half stored. A search whose pages hold fewer matches than its ``Bundle.total`` is an error of that
 type; the other types go on.
@@ -158,11 +158,12 @@ class Puller:
         pid = self.access.patient_id
         caps = await self.client.capabilities()
         wanted = (CLINICAL_TYPES | {"Patient"}) & self.access.resource_types
-        if since is None and FhirClient.supports_everything(caps):
+        if FhirClient.supports_everything(caps):
+            params: dict[str, Any] = {"_count": self.page_size}
+            if since is not None:
+                params["_since"] = since.isoformat()
             try:
-                if await self._source(
-                    "everything", f"Patient/{pid}/$everything", {"_count": self.page_size}
-                ):
+                if await self._source("everything", f"Patient/{pid}/$everything", params):
                     return set(wanted)
                 return set()
             except FhirNotFound:
@@ -180,7 +181,7 @@ class Puller:
                     await self._ingest([patient])
                     complete.add("Patient")
         for rtype in sorted(wanted - {"Patient"}):
-            params: dict[str, Any] = {"patient": pid, "_count": self.page_size}
+            params = {"patient": pid, "_count": self.page_size}
             if since is not None:
                 params["_lastUpdated"] = f"gt{since.isoformat()}"
             if await self._source(rtype, rtype, params):
@@ -216,6 +217,10 @@ class Puller:
             return False
         return True
 
+    def _wanted(self, rtype: Any) -> bool:
+        """Is this a type the sync stores for this session (others are skipped unvalidated)?"""
+        return rtype in SUPPORT_TYPES or (rtype in CLINICAL_TYPES and self.access.allows(rtype))
+
     async def _ingest(self, page: list[Any]) -> None:
         """Check and store one page (resources read one by one)."""
         await self._store(page, *await self._check(page))
@@ -239,7 +244,10 @@ class Puller:
             i
             for i, r in enumerate(page)
             if not isinstance(r, dict)
-            or known.get((r.get("resourceType"), r.get("id"))) != digests[i]  # type: ignore[arg-type]
+            or (
+                self._wanted(r.get("resourceType"))
+                and known.get((r.get("resourceType"), r.get("id"))) != digests[i]  # type: ignore[arg-type]
+            )
         ]
         verdicts = dict(
             zip(fresh, await self.validator.check([page[i] for i in fresh]), strict=True)
@@ -257,12 +265,11 @@ class Puller:
                     await self._quarantine(conn, resource, reason)
                     continue
                 digest = digests[i]
-                rtype = resource["resourceType"]
-                if rtype not in CLINICAL_TYPES | SUPPORT_TYPES or (
-                    not self.access.allows(rtype) and rtype not in SUPPORT_TYPES
-                ):
+                rtype = resource.get("resourceType")
+                if not self._wanted(rtype):
                     self.result.counts["skipped"] += 1
                     continue
+                assert isinstance(rtype, str)
                 if not belongs_to(resource, self.access.patient_id):
                     await self._quarantine(
                         conn, resource, "outside the launched patient's compartment"
@@ -290,6 +297,7 @@ class Puller:
                     if fact is not None:
                         facts.append(fact)
             await repo.store_facts(conn, self.access, facts)
+        self.result.counts["projected"] += len(facts)
         await self._report("fetching")
 
     async def _quarantine(self, conn: Any, resource: Any, reason: str) -> None:

@@ -83,6 +83,7 @@ class SyncRun(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     errors: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
     mode: str = Field(default="full", sa_column=Column(Text, nullable=False))
+    types: list[str] = Field(default_factory=list, sa_column=Column(JSONB, nullable=False))
     started_at: datetime | None = _ts(nullable=False)
     heartbeat_at: datetime | None = _ts()
     answerable_at: datetime | None = _ts()

@@ -68,6 +68,7 @@ def app_config(settings: Settings) -> AppConfig:
         secure_cookies=settings.secure_cookies,
         sync_page_size=settings.sync_page_size,
         sync_lease_seconds=settings.sync_lease_seconds,
+        sync_full_every_seconds=settings.sync_full_every_hours * 3600,
         fhir_retry=RetryPolicy(
             attempts=settings.fhir_retry_attempts,
             base_delay=settings.fhir_backoff_seconds,

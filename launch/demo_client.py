@@ -32,10 +32,10 @@ def launch_patient(
 
 
 def sync_patient(
-    client: httpx2.Client, *, timeout: float = 300.0, poll: float = 0.2
+    client: httpx2.Client, *, timeout: float = 300.0, poll: float = 0.2, full: bool = False
 ) -> dict[str, Any]:
     """Start a sync and wait until it is no longer running; returns the final status."""
-    started = client.post("/api/sync", json={})
+    started = client.post("/api/sync", json={"full": full})
     started.raise_for_status()
     sync_id = started.json()["id"]
     deadline = time.monotonic() + timeout

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     sync_page_size: int = 200
     sync_validate_workers: int = 1
     """Processes validating resources beside the event loop (0: validate inline)."""
+    sync_full_every_hours: float = 24.0
+    """Re-syncs within this of the last complete full sync (same or fewer scopes) are incremental;
+    the next one after it is full again, which also removes what the EHR deleted."""
     sync_lease_seconds: float = 30.0
     """A running sync beats every third of this; one silent for longer is closed ``failed``."""
     fhir_request_timeout_seconds: float = 30.0

@@ -86,7 +86,34 @@ class SyncJobs:
             await audit_dead_runs(conn, closed)
         return len(closed)
 
-    async def start(self, session: SessionContext) -> uuid.UUID:
+    async def _plan(
+        self, conn: AsyncConnection, session: SessionContext, full: bool
+    ) -> tuple[str, datetime | None]:
+        """``("incremental", since)`` when the last complete full run is recent and covered at
+        least the types this session may read (scopes not widened); else ``("full", None)``."""
+        if full:
+            return "full", None
+        last_full = await store.latest_sync_run(conn, session.access, status="done", mode="full")
+        last = await store.latest_sync_run(conn, session.access, status="done")
+        if last_full is None or last is None:
+            return "full", None
+        age = (datetime.now(UTC) - last_full["started_at"]).total_seconds()
+        covered = set(last_full["types"]) >= set(session.access.resource_types) and set(
+            last["types"]
+        ) >= set(session.access.resource_types)
+        if age >= self.state.config.sync_full_every_seconds or not covered:
+            return "full", None
+        if not await store.get_resource(
+            conn,
+            session.access.widened_for_support(frozenset({"Patient"})),
+            "Patient",
+            session.patient_id,
+        ):
+            return "full", None  # the stored copy is gone (restored backup, manual cleanup)
+        # A margin for clock skew between the EHR and us: re-reading a little is harmless.
+        return "incremental", last["started_at"] - timedelta(minutes=5)
+
+    async def start(self, session: SessionContext, *, full: bool = False) -> uuid.UUID:
         """Start a sync for the session's patient, or return the one already running."""
         engine = self.state.engine
         sync_id = uuid.uuid4()
@@ -107,19 +134,28 @@ class SyncJobs:
                     await store.release_run_lock(lock, sync_id)
                     await lock.close()
                     return running["id"]  # type: ignore[no-any-return]
+                mode, since = await self._plan(conn, session, full)
                 await store.create_sync_run(
-                    conn, session.access, session_id=session.id_hash[:16], sync_id=sync_id
+                    conn,
+                    session.access,
+                    session_id=session.id_hash[:16],
+                    sync_id=sync_id,
+                    mode=mode,
                 )
                 await repo.append_audit(
                     conn,
                     session.audit_record(
-                        "sync", "started", sync_id=str(sync_id), scopes=str(session.scopes)
+                        "sync",
+                        "started",
+                        sync_id=str(sync_id),
+                        mode=mode,
+                        scopes=str(session.scopes),
                     ),
                 )
         except BaseException:
             await lock.close()
             raise
-        task = asyncio.create_task(self._run(sync_id, session, lock), name=f"sync-{sync_id}")
+        task = asyncio.create_task(self._run(sync_id, session, lock, since), name=f"sync-{sync_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return sync_id
@@ -195,7 +231,11 @@ class SyncJobs:
         )
 
     async def _run(
-        self, sync_id: uuid.UUID, session: SessionContext, lock: AsyncConnection
+        self,
+        sync_id: uuid.UUID,
+        session: SessionContext,
+        lock: AsyncConnection,
+        since: datetime | None = None,
     ) -> None:
         st = self.state
         outcome, error, errors, counts, quarantined = "failed", None, {}, {}, 0
@@ -216,7 +256,7 @@ class SyncJobs:
                     validator=st.validator,
                 )
                 try:
-                    result = await puller.run()
+                    result = await puller.run(since=since)
                     await self._set(
                         session,
                         sync_id,

@@ -93,12 +93,27 @@ async def context(request: Request, session: Session) -> dict[str, Any]:
     }
 
 
+class SyncRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    full: bool = Field(
+        default=False,
+        description="Pull the whole chart even if an incremental pull would do "
+        "(also removes what the EHR deleted).",
+    )
+
+
 @router.post("/sync", status_code=202)
-async def start_sync(request: Request, session: Session) -> JSONResponse:
-    """Start pulling the launched patient's record (or return the sync already running)."""
+async def start_sync(
+    request: Request, session: Session, body: SyncRequest | None = None
+) -> JSONResponse:
+    """Start pulling the launched patient's record (or return the sync already running).
+
+    Within ``sync_full_every_hours`` of a complete full pull with the same or fewer scopes, only
+    what changed is pulled (``mode: incremental``); ``{"full": true}`` forces a full pull.
+    """
     state = app_state(request)
     assert state.jobs is not None
-    sync_id = await state.jobs.start(session)
+    sync_id = await state.jobs.start(session, full=bool(body and body.full))
     async with state.engine.connect() as conn:
         run = await get_sync_run(conn, session.access, sync_id)
     assert run is not None

@@ -29,6 +29,7 @@ class AppConfig:
     secure_cookies: bool = False
     sync_page_size: int = 200
     sync_lease_seconds: float = 30.0
+    sync_full_every_seconds: float = 24 * 3600.0
     fhir_retry: RetryPolicy = field(default_factory=RetryPolicy)
     fhir_url_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cookie_name: str = "chartcite_session"

@@ -23,7 +23,7 @@ class Synced:
 def _synced(demo: RunningDemo, patient_id: str, scope: str | None = None) -> Synced:
     client, resp = launch_patient(demo.base_url, patient_id, scope=scope)
     assert resp.status_code == 200, resp.text[:300]
-    return Synced(client, patient_id, sync_patient(client))
+    return Synced(client, patient_id, sync_patient(client, full=True))
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,35 @@ def test_sync_counts_match_the_ehr(demo: RunningDemo, patient_a: Synced) -> None
 
 
 def test_resync_is_idempotent(demo: RunningDemo, patient_a: Synced) -> None:
-    again = sync_patient(patient_a.client)
-    assert again["status"] == "done"
+    again = sync_patient(patient_a.client, full=True)
+    assert again["status"] == "done" and again["mode"] == "full"
     assert again["counts"]["Observation"] == patient_a.status["counts"]["Observation"]
     assert again["counts"].get("chunks_indexed", 0) == 0  # nothing changed, nothing re-indexed
+    assert again["counts"].get("projected", 0) == 0
+
+
+def test_resync_soon_after_is_incremental_and_picks_up_changes(demo: RunningDemo) -> None:
+    pid = str(demo.store.patients()[-2]["id"])
+    client, _ = launch_patient(demo.base_url, pid)
+    with closing(client):
+        first = sync_patient(client, full=True)
+        assert first["status"] == "done"
+        obs = owned(demo.store, pid, "Observation")[0]
+        changed = {**obs, "meta": {**obs.get("meta", {}), "lastUpdated": "2999-01-01T00:00:00Z"}}
+        changed["status"] = "amended"
+        demo.store.add(changed)
+        try:
+            again = sync_patient(client)
+            assert again["mode"] == "incremental" and again["status"] == "done", again
+            fetched = sum(v for k, v in again["counts"].items() if k[:1].isupper())
+            assert again["counts"]["Observation"] == 1 and fetched <= 3, again["counts"]
+            assert again["counts"]["projected"] == 1
+            stored = client.get(f"/api/resources/Observation/{obs['id']}").json()
+            assert stored["status"] == "amended"
+        finally:
+            demo.store.add(obs)
+        restored = sync_patient(client, full=True)
+        assert restored["mode"] == "full" and restored["status"] == "done"
 
 
 def test_invalid_resource_is_quarantined_and_sync_goes_on(demo: RunningDemo) -> None:

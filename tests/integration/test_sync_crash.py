@@ -154,7 +154,7 @@ def _recover_and_compare(s: Server, client: httpx2.Client, dead: dict[str, Any])
     assert len(audit) == 1
     # The same patient synced cleanly from nothing, on the same server, is the reference.
     _wipe(s)
-    clean = sync_patient(client, timeout=120)
+    clean = sync_patient(client, timeout=120, full=True)
     assert clean["status"] == "done"
     assert recovered == _store(s)
     assert time.monotonic() - started < 120

@@ -102,7 +102,7 @@ def sync(f: Faulty) -> dict[str, Any]:
     client, resp = launch_patient(f.base_url, f.patient_id)
     assert resp.status_code == 200, resp.text[:200]
     with closing(client):
-        return sync_patient(client, timeout=120)
+        return sync_patient(client, timeout=120, full=True)
 
 
 def _foreign_app(hits: list[dict[str, str]]) -> Starlette:
@@ -448,7 +448,7 @@ def test_sync_status_lists_errors_per_type_in_the_api(fresh: Faulty) -> None:
     fresh.faults.set(Fault("status", path=r"/fhir/Binary/", status=503, times=0))
     client, _ = launch_patient(fresh.base_url, fresh.patient_id)
     with closing(client):
-        status = sync_patient(client, timeout=120)
+        status = sync_patient(client, timeout=120, full=True)
         again = client.get(f"/api/sync/{status['id']}").json()
     assert again["errors"] == status["errors"] and set(again["errors"]) >= {"Binary"}
     assert again["answerable_at"] is not None and again["heartbeat_at"] is not None

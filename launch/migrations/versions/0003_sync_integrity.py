@@ -7,7 +7,8 @@
 - ``chunk.source_hash``: the same hash, on every chunk, as provenance.
 - ``sync_run``: ``heartbeat_at`` (a live run beats every few seconds; a run whose lease ran out is
   closed ``failed``), ``errors`` (per resource type), ``answerable_at`` (structured facts stored),
-  ``mode`` (full, incremental, repair, bulk, import).
+  ``mode`` (full or incremental), ``types`` (the resource types the run could read: an incremental
+  run needs a previous complete run that covered at least as many).
 - ``quarantine.content`` is dropped: a quarantined resource may belong to another patient, so only its
   type, id and the reason are kept.
 
@@ -33,6 +34,7 @@ STATEMENTS = [
     "ALTER TABLE sync_run ADD COLUMN answerable_at timestamptz",
     "ALTER TABLE sync_run ADD COLUMN errors jsonb NOT NULL DEFAULT '{}'::jsonb",
     "ALTER TABLE sync_run ADD COLUMN mode text NOT NULL DEFAULT 'full'",
+    "ALTER TABLE sync_run ADD COLUMN types jsonb NOT NULL DEFAULT '[]'::jsonb",
     "UPDATE sync_run SET heartbeat_at = coalesce(finished_at, started_at)",
     "CREATE INDEX sync_run_live ON sync_run (status, heartbeat_at) WHERE status = 'running'",
     "ALTER TABLE quarantine DROP COLUMN content",
