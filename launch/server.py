@@ -68,6 +68,7 @@ def build_demo(
     *,
     database: Database | None = None,
     on_ready: object = None,
+    token_ttl: int = 3600,
 ) -> Demo:
     """The app with the sandbox EHR at ``/ehr``; the sandbox's FHIR base is on the allow-list."""
     base = settings.base_url
@@ -82,6 +83,7 @@ def build_demo(
                 SandboxClient(client_id=settings.client_id, redirect_uris=(settings.redirect_uri,)),
             ),
             signing_key_path=settings.data_dir / "sandbox-signing-key.json",
+            access_token_ttl=token_ttl,
         ),
         store,
     )

@@ -460,3 +460,36 @@ def test_foreign_listener_is_reachable(faulty: Faulty) -> None:
     r = httpx2.get(faulty.foreign_url + "/probe")
     assert r.status_code == 200 and faulty.foreign_hits[-1]["path"] == "/probe"
     faulty.foreign_hits.clear()
+
+
+def test_tokens_that_expire_in_seconds_are_refreshed_mid_sync(
+    data_dir: Path, database: Database
+) -> None:
+    """A sandbox whose access tokens live 2 s, and pages slowed so the sync outlives one."""
+    db = scratch_database(database, "ttl")
+
+    async def migrate() -> None:
+        engine = create_engine(db, pool_size=1)
+        await upgrade(engine)
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    port = free_port()
+    settings = Settings(env="dev", data_dir=data_dir, port=port, sync_page_size=50)
+    store = sandbox_store(patients=1)
+    built = build_demo(settings, store, database=db, token_ttl=2)
+    built.faults.set(Fault("stall", path=r"\$everything", seconds=0.8, times=0))
+    server = BackgroundServer(built.app, "127.0.0.1", port)
+    server.start()
+    try:
+        pid = str(store.patients()[0]["id"])
+        client, resp = launch_patient(f"http://127.0.0.1:{port}", pid)
+        with closing(client):
+            assert resp.status_code == 200
+            status = sync_patient(client, timeout=120, full=True)
+        assert status["status"] == "done", status
+        assert status["counts"]["http_refreshes"] >= 1  # a real 401 for an expired token
+        expected = len(store.everything(pid))
+        assert sum(v for k, v in status["counts"].items() if k[:1].isupper()) >= expected
+    finally:
+        server.stop()
