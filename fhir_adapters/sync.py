@@ -96,7 +96,7 @@ class Puller:
     def __init__(
         self,
         engine: AsyncEngine,
-        client: FhirClient,
+        client: FhirClient | None,
         access: AccessFilter,
         sync_id: uuid.UUID,
         *,
@@ -138,6 +138,11 @@ class Puller:
         self.result.timings["ms_reconcile"] = round((time.perf_counter() - fetched) * 1000)
         return self.result
 
+    async def reconcile_all(self) -> PullResult:
+        """Reconcile every type at once (imports and repairs: nothing to answer early)."""
+        await reconcile(self.engine, self.access, self.client, self.result, sync_id=self.sync_id)
+        return self.result
+
     async def reconcile_notes(self) -> PullResult:
         """Second step: notes (reading their Binaries), then orphaned derived rows."""
         started = time.perf_counter()
@@ -155,8 +160,11 @@ class Puller:
 
     async def fetch(self, *, since: datetime | None = None) -> set[str]:
         """Fetch and store every page; returns the types that were read completely."""
+        if self.client is None:
+            raise ValueError("fetching needs a FHIR client")
+        client = self.client
         pid = self.access.patient_id
-        caps = await self.client.capabilities()
+        caps = await client.capabilities()
         wanted = (CLINICAL_TYPES | {"Patient"}) & self.access.resource_types
         if FhirClient.supports_everything(caps):
             params: dict[str, Any] = {"_count": self.page_size}
@@ -171,7 +179,7 @@ class Puller:
         complete: set[str] = set()
         if self.access.allows("Patient"):
             try:
-                patient = await self.client.read("Patient", pid)
+                patient = await client.read("Patient", pid)
             except FhirTokenRejected:
                 raise
             except FhirAdapterError as exc:

@@ -50,11 +50,13 @@ def _one(base_url: str, pid: str) -> dict[str, Any]:
         client.close()
     counts = final["counts"]
     resources = sum(v for k, v in counts.items() if k[:1].isupper())
+    received = resources + counts.get("skipped", 0) + final["quarantined"]
     fetch_s = counts.get("ms_fetch", 0) / 1000
     return {
         "pid": pid,
         "status": final["status"],
         "resources": resources,
+        "received": received,
         "chunks": counts.get("chunks_indexed", 0),
         "launch_s": launched - t0,
         "first_answer_s": answered - t0,

@@ -119,6 +119,40 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from launch.db import DatabaseError, create_engine, open_database, require_migrated
+    from launch.importer import import_path, print_progress
+    from launch.sandbox.loader import LoaderError
+
+    path = Path(args.path)
+    if not path.exists():
+        print(f"chartcite import: {path} does not exist", file=sys.stderr)
+        return 2
+    settings = _settings(args, env="dev" if args.dev else None)
+    database = open_database(settings)
+
+    async def run() -> Any:
+        engine = create_engine(database, pool_size=1)
+        try:
+            await require_migrated(engine)
+        finally:
+            await engine.dispose()
+        return await import_path(database, settings, path, iss=args.iss, say=print_progress)
+
+    try:
+        report = asyncio.run(run())
+    except (DatabaseError, LoaderError) as exc:
+        print(f"chartcite import: {exc}", file=sys.stderr)
+        return 2
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items())) or "none"
+    print(
+        f"imported {report.patients} charts ({report.resources} resources, "
+        f"{report.quarantined} quarantined) into source {report.source} "
+        f"in {report.seconds:.1f}s: {statuses}"
+    )
+    return 0 if report.patients else 1
+
+
 def cmd_model_build(args: argparse.Namespace) -> int:
     from rag.model_build import ModelBuildError, build_onnx_model
 
@@ -276,6 +310,15 @@ def parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
     sync.set_defaults(func=cmd_sync)
+
+    imp = sub.add_parser("import", help="load FHIR Bundles/NDJSON files into the store, offline")
+    common(imp)
+    imp.add_argument("path", help="a file or folder of FHIR R4 Bundles (.json) and NDJSON")
+    imp.add_argument(
+        "--iss", help="the EHR's FHIR base the files came from (its launches see them)"
+    )
+    imp.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
+    imp.set_defaults(func=cmd_import)
 
     model = sub.add_parser("model", help="embedding model").add_subparsers(
         dest="model_command", required=True
