@@ -104,7 +104,10 @@ def run(*, patients: int = 3, data: Path | None = None, chart_scale: float = 1.0
     ):
         values = [r[key] for r in rows]
         print(f"  {label:<44} p50 {pct(values, 0.5):6.2f} s   p95 {pct(values, 0.95):6.2f} s")
+    received = sum(r["received"] for r in rows)
     print(
-        f"  fetch + validate + store throughput            {total_res / total_fetch:8.0f} resources/s"
+        f"  fetch + validate + store throughput            {total_res / total_fetch:8.0f} "
+        f"resources stored/s ({received / total_fetch:.0f} received/s incl. "
+        f"{received - total_res} of types not stored)"
     )
     return 0

@@ -84,8 +84,13 @@ async def answer_question(
     question: str,
     *,
     now: datetime | None = None,
+    chart_notice: str | None = None,
 ) -> AnswerBody:
-    """Compose, validate and persist an extractive answer; the caller commits."""
+    """Compose, validate and persist an extractive answer; the caller commits.
+
+    ``chart_notice`` says the stored copy of the chart is incomplete or still syncing; it is
+    appended as a notice so no answer looks complete when its source is not.
+    """
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     intent = parse_question(question, now)
@@ -165,6 +170,8 @@ async def answer_question(
         kept.append(compose.empty_notice(empty_kinds, window))
     if not any(s.kind == "fact" for s in kept) and not denied and not empty_kinds:
         kept.append(compose.empty_notice([], window))
+    if chart_notice:
+        kept.append(Statement(kind="notice", text=chart_notice))
 
     cited = {c for s in kept for c in s.citations}
     # Structured facts straight from the projections are the strongest evidence; quoted or

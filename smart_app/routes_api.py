@@ -55,6 +55,26 @@ def _sync_json(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def chart_notice(run: dict[str, Any] | None) -> str | None:
+    """What an answer must say about the copy of the chart it was read from (no PHI: types,
+    counts and reasons only)."""
+    if run is None or run["status"] == "done":
+        return None
+    if run["status"] == "running":
+        return (
+            "This chart is still being synced ("
+            + str(run["phase"])
+            + "): notes and recent changes may not be included yet."
+        )
+    if run["status"] == "partial":
+        kinds = ", ".join(sorted(run["errors"])) or "some resources"
+        return (
+            f"The last sync of this chart was incomplete ({kinds}: see the sync status), "
+            "so this answer may be missing information."
+        )
+    return "The last sync of this chart failed; this answer uses the copy stored before it."
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value else None
 
@@ -145,7 +165,14 @@ async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBod
             raise Conflict(
                 "this patient has not been synced yet: POST /api/sync first", code="not_synced"
             )
-        answer = await answer_question(conn, state.embedder, session.access, body.question)
+        latest = await latest_sync_run(conn, session.access)
+        answer = await answer_question(
+            conn,
+            state.embedder,
+            session.access,
+            body.question,
+            chart_notice=chart_notice(latest),
+        )
         await repo.append_audit(
             conn,
             session.audit_record(

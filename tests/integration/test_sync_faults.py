@@ -450,7 +450,11 @@ def test_sync_status_lists_errors_per_type_in_the_api(fresh: Faulty) -> None:
     with closing(client):
         status = sync_patient(client, timeout=120, full=True)
         again = client.get(f"/api/sync/{status['id']}").json()
+        answer = client.post("/api/ask", json={"question": "What medications?"}).json()
     assert again["errors"] == status["errors"] and set(again["errors"]) >= {"Binary"}
+    notices = [s["text"] for s in answer["statements"] if s["kind"] == "notice"]
+    assert any("incomplete" in n and "Binary" in n for n in notices), notices
+    assert any(s["kind"] == "fact" for s in answer["statements"])  # still answers what it has
     assert again["answerable_at"] is not None and again["heartbeat_at"] is not None
     rerun_matches_reference(fresh)
 
