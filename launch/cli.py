@@ -86,10 +86,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from launch.db import DatabaseError, create_engine, open_database, require_migrated
     from launch.repair import repair_all
 
+    if args.bulk:
+        return _bulk(args)
     if not args.repair:
         print(
-            "chartcite sync: a sync needs a patient's SMART token, so it runs from a launch "
-            "(POST /api/sync). Use --repair to rebuild derived data from the raw store.",
+            "chartcite sync: a patient's sync needs its SMART token, so it runs from a launch "
+            "(POST /api/sync). Use --repair to rebuild derived data from the raw store, or "
+            "--bulk --iss URL for a population export.",
             file=sys.stderr,
         )
         return 2
@@ -115,6 +118,41 @@ def cmd_sync(args: argparse.Namespace) -> int:
         f"{report.projected} facts re-projected, {report.indexed} re-indexed, "
         f"{report.removed_facts} orphan facts and {report.removed_chunks} orphan chunks removed; "
         f"{report.still_incomplete} facts still incomplete (need the EHR: sync from a launch)"
+    )
+    return 0
+
+
+def _bulk(args: argparse.Namespace) -> int:
+    from fhir_adapters import FhirAdapterError
+    from launch.bulk_sync import bulk_sync
+    from launch.db import DatabaseError, create_engine, open_database, require_migrated
+    from launch.importer import print_progress
+    from smart_app.errors import AppError
+
+    if not args.iss:
+        print("chartcite sync --bulk: --iss (the EHR's FHIR base) is required", file=sys.stderr)
+        return 2
+    settings = _settings(args, env="dev" if args.dev else None)
+    database = open_database(settings)
+
+    async def run() -> Any:
+        engine = create_engine(database, pool_size=1)
+        try:
+            await require_migrated(engine)
+        finally:
+            await engine.dispose()
+        return await bulk_sync(database, settings, args.iss, say=print_progress)
+
+    try:
+        report = asyncio.run(run())
+    except (DatabaseError, FhirAdapterError, AppError, ValueError) as exc:
+        print(f"chartcite sync --bulk: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    imp = report.imported
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(imp.statuses.items())) or "none"
+    print(
+        f"bulk: {report.files} files, {report.lines} resources ({report.megabytes:.1f} MB); "
+        f"{imp.patients} charts into source {imp.source}: {statuses}"
     )
     return 0
 
@@ -303,11 +341,17 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
     verify.set_defaults(func=cmd_audit_verify)
 
-    sync = sub.add_parser("sync", help="sync maintenance (--repair: rebuild derived data, offline)")
+    sync = sub.add_parser(
+        "sync", help="--repair: rebuild derived data offline; --bulk: population $export"
+    )
     common(sync)
     sync.add_argument(
         "--repair", action="store_true", help="re-project and re-index from the raw store"
     )
+    sync.add_argument(
+        "--bulk", action="store_true", help="population sync by Bulk Data $export (needs --iss)"
+    )
+    sync.add_argument("--iss", help="the EHR's FHIR base for --bulk")
     sync.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
     sync.set_defaults(func=cmd_sync)
 

@@ -81,6 +81,12 @@ def build_demo(
             app_launch_url=f"{base}/launch",
             clients=(
                 SandboxClient(client_id=settings.client_id, redirect_uris=(settings.redirect_uri,)),
+                # The backend client `chartcite sync --bulk` uses (client credentials).
+                SandboxClient(
+                    client_id=settings.bulk_client_id,
+                    redirect_uris=(),
+                    client_secret=settings.resolved_bulk_secret(),
+                ),
             ),
             signing_key_path=settings.data_dir / "sandbox-signing-key.json",
             access_token_ttl=token_ttl,

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
     client_secret: SecretStr | None = None
     scopes: str = DEFAULT_SCOPES
 
+    bulk_client_id: str = "chartcite-bulk"
+    """The confidential client ``chartcite sync --bulk`` authenticates as (client credentials)."""
+    bulk_client_secret: SecretStr | None = None
+    """Its secret; in dev, read from (or created in) ``data_dir/sandbox-bulk-secret``."""
+
     token_key: SecretStr | None = None
     """Base64 of 32 bytes; encrypts OAuth tokens at rest. Dev generates one in the data dir."""
     state_ttl_seconds: int = 600
@@ -77,6 +83,19 @@ class Settings(BaseSettings):
             if not self.iss_allowlist:
                 raise ValueError("CHARTCITE_ISS_ALLOWLIST is required outside dev")
         return self
+
+    def resolved_bulk_secret(self) -> str | None:
+        """The bulk client's secret (dev: the demo sandbox's, shared through the data dir)."""
+        if self.bulk_client_secret is not None:
+            return self.bulk_client_secret.get_secret_value()
+        if self.env != "dev":
+            return None
+        path = self.data_dir / "sandbox-bulk-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     @property
     def base_url(self) -> str:

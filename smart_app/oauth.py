@@ -162,6 +162,31 @@ class SmartClient:
             ) from None
         return _token_response(dict(token))
 
+    async def backend_token(
+        self, conf: SmartConfiguration, client_id: str, client_secret: str, scope: str
+    ) -> TokenResponse:
+        """A system-level token by the client-credentials grant (RFC 6749 §4.4)."""
+        try:
+            async with AsyncOAuth2Client(
+                client_id=client_id,
+                client_secret=client_secret,
+                token_endpoint_auth_method="client_secret_basic",
+                scope=scope,
+                timeout=self._http.timeout,
+            ) as oauth:
+                token = await oauth.fetch_token(
+                    conf.token_endpoint, grant_type="client_credentials", scope=scope
+                )
+        except OAuth2Error as exc:
+            raise UpstreamError(
+                f"the EHR refused a backend token ({exc.error})", code="backend_token_refused"
+            ) from None
+        except httpx2.HTTPError:
+            raise UpstreamError(
+                "the EHR's token endpoint is unreachable", code="ehr_unreachable"
+            ) from None
+        return _token_response(dict(token))
+
     async def verify_id_token(
         self, conf: SmartConfiguration, client: ClientConfig, id_token: str, *, nonce: str
     ) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from launch.sandbox.errors import Unauthorized
 from launch.sandbox.grant_store import GrantStore
 from launch.sandbox.grants import (
     S256CodeChallenge,
+    SandboxClientCredentialsGrant,
     SandboxIntrospectionEndpoint,
     SandboxOpenIDCode,
     SmartAuthorizationCodeGrant,
@@ -77,6 +78,7 @@ class SandboxAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             [S256CodeChallenge(required=True), SmartLaunch(self), SandboxOpenIDCode(self)],
         )
         self.register_grant(SmartRefreshTokenGrant)
+        self.register_grant(SandboxClientCredentialsGrant)
         self.register_endpoint(SandboxIntrospectionEndpoint)
 
     # -- authlib's integration points --------------------------------------------------------
@@ -86,7 +88,7 @@ class SandboxAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         jti = self.tokens.verify(token["access_token"])["jti"]
-        code = request.authorization_code
+        code = getattr(request, "authorization_code", None)
         if code is not None:
             self.grants.note_issued(code.code, jti)
         refresh = token.get("refresh_token")
@@ -124,6 +126,8 @@ class SandboxAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         expires_in: int | None = None,
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
+        if user is None and grant_type == "client_credentials":
+            user = Authorization(fhir_user=f"Device/{client.get_client_id()}", patient=None)
         if user is None:
             raise ValueError("the sandbox issues tokens for an authorization only")
         granted = scope or ""

@@ -53,7 +53,7 @@ def smart_configuration(config: SandboxConfig) -> dict[str, Any]:
         "authorization_endpoint": config.auth_url("authorize"),
         "token_endpoint": config.auth_url("token"),
         "introspection_endpoint": config.auth_url("introspect"),
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": [
@@ -121,7 +121,11 @@ def capability_statement(config: SandboxConfig, store: SandboxStore) -> dict[str
                     {
                         "name": "everything",
                         "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                    }
+                    },
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                    },
                 ],
             }
         ],

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from launch.sandbox import access
 from launch.sandbox.access import TokenAccess
+from launch.sandbox.bulk import BulkExport
 from launch.sandbox.bundles import parse_page, searchset
 from launch.sandbox.capability import capability_statement, smart_configuration
 from launch.sandbox.config import SandboxConfig
@@ -60,12 +61,21 @@ class FhirApi:
         self.config = config
         self.store = store
         self.tokens = tokens
+        self.bulk = BulkExport(store, config.fhir_base)
 
     def routes(self) -> list[Route]:
         return [
             Route("/fhir/.well-known/smart-configuration", self._wrap(self.smart_config)),
             Route("/fhir/metadata", self._wrap(self.metadata)),
             Route("/fhir/Patient/{id}/$everything", self._wrap(self.everything)),
+            Route("/fhir/$export", self._wrap(self.export_all)),
+            Route("/fhir/Patient/$export", self._wrap(self.export_patients)),
+            Route(
+                "/fhir/$export-status/{job}",
+                self._wrap(self.export_status),
+                methods=["GET", "DELETE"],
+            ),
+            Route("/fhir/$export-file/{job}/{name}", self._wrap(self.export_file)),
             Route("/fhir/{type}/{id}", self._wrap(self.read)),
             Route("/fhir/{type}", self._wrap(self.search)),
         ]
@@ -147,6 +157,25 @@ class FhirApi:
             matches, page=page, url=url, query=applied, fhir_base=self.config.fhir_base
         )
         return FhirResponse(bundle)
+
+    # -- Bulk Data export (launch/sandbox/bulk.py) --------------------------------------------
+
+    async def export_all(self, request: Request) -> Response:
+        return self.bulk.kick_off(request, self._access(request), scope_patients=False)
+
+    async def export_patients(self, request: Request) -> Response:
+        return self.bulk.kick_off(request, self._access(request), scope_patients=True)
+
+    async def export_status(self, request: Request) -> Response:
+        token = self._access(request)
+        job = request.path_params["job"]
+        if request.method == "DELETE":
+            return self.bulk.cancel(job, token)
+        return self.bulk.status(job, token)
+
+    async def export_file(self, request: Request) -> Response:
+        token = self._access(request)
+        return self.bulk.file(request.path_params["job"], request.path_params["name"], token)
 
 
 def _resource_type(value: str) -> str:

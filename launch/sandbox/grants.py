@@ -17,7 +17,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Request
-from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6749.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    RefreshTokenGrant,
+)
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core.grants import OpenIDCode
@@ -222,3 +226,16 @@ class SandboxIntrospectionEndpoint(IntrospectionEndpoint):  # type: ignore[misc]
         if authorization.patient is not None:
             payload["patient"] = authorization.patient
         return payload
+
+
+class SandboxClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
+    """RFC 6749 §4.4 for confidential clients: ``system/`` scopes only, no refresh token (SMART
+    Backend Services, with a client secret instead of a signed JWT assertion)."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        scopes = split_scope(self.request.payload.scope or "")
+        if not scopes or any(not s.startswith("system/") for s in scopes):
+            raise InvalidRequestError("client_credentials grants only system/ scopes")

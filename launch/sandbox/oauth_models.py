@@ -64,6 +64,8 @@ class ClientModel(ClientMixin):  # type: ignore[misc]
         return response_type == "code"
 
     def check_grant_type(self, grant_type: str) -> bool:
+        if grant_type == "client_credentials":
+            return not self.client.is_public
         return grant_type in GRANT_TYPES
 
 
