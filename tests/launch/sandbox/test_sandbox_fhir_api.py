@@ -48,7 +48,11 @@ def test_smart_configuration(sandbox: SmartClient) -> None:
     assert config["jwks_uri"] == f"{sandbox.base}/auth/jwks"
     assert config["code_challenge_methods_supported"] == ["S256"]
     assert config["response_types_supported"] == ["code"]
-    assert set(config["grant_types_supported"]) == {"authorization_code", "refresh_token"}
+    assert set(config["grant_types_supported"]) == {
+        "authorization_code",
+        "refresh_token",
+        "client_credentials",  # confidential clients, system/ scopes (Bulk Data)
+    }
     assert {
         "launch-ehr",
         "launch-standalone",
