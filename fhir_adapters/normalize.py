@@ -72,10 +72,13 @@ class Fact:
     incomplete: str | None = None
 
 
-def content_hash(resource: dict[str, Any]) -> str:
-    return hashlib.sha256(
-        json.dumps(resource, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+def canonical_json(resource: dict[str, Any]) -> str:
+    """Sorted keys, no whitespace: the text a content hash is taken of (and valid FHIR JSON)."""
+    return json.dumps(resource, sort_keys=True, separators=(",", ":"))
+
+
+def content_hash(resource: dict[str, Any], text: str | None = None) -> str:
+    return hashlib.sha256((text or canonical_json(resource)).encode()).hexdigest()
 
 
 def validate(resource: Any, text: str | None = None) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from fhir_adapters.normalize import (
     SUPPORT_TYPES,
     Fact,
     InvalidResource,
+    canonical_json,
     content_hash,
     external_medication,
     project,
@@ -246,7 +247,10 @@ class Puller:
             known = await repo.stored_hashes(
                 conn, self.access, [(r["resourceType"], r["id"]) for r in keyed]
             )
-        digests = [content_hash(r) if isinstance(r, dict) else "" for r in page]
+        texts = [canonical_json(r) if isinstance(r, dict) else None for r in page]
+        digests = [
+            content_hash(r, t) if t is not None else "" for r, t in zip(page, texts, strict=True)
+        ]
         # A version already stored was validated when it was stored: only new content is.
         fresh = [
             i
@@ -258,7 +262,11 @@ class Puller:
             )
         ]
         verdicts = dict(
-            zip(fresh, await self.validator.check([page[i] for i in fresh]), strict=True)
+            zip(
+                fresh,
+                await self.validator.check([page[i] for i in fresh], [texts[i] for i in fresh]),
+                strict=True,
+            )
         )
         return digests, verdicts
 

@@ -4,7 +4,8 @@ fhir.resources (pydantic) validation is pure CPU under the GIL, and it is most o
 cost (measured: ~0.3 ms a resource in JSON mode). ``Validator(workers=1)`` runs it in a separate
 process, so on two cores it overlaps with the next page's HTTP and the previous page's storage;
 ``workers=0`` validates inline (tests of the pure functions, tiny deployments). Workers are spawned
-(never forked from a process with threads) and warmed up once. Only resource JSON and the reasons
+(never forked from a process with threads), warmed up once, and exit within a second when their
+parent dies, however it died. Only resource JSON and the reasons
 (field paths and error types, never values) cross the process boundary.
 """
 
@@ -13,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -42,6 +46,19 @@ def check(resources: list[Any]) -> list[str | None]:
     return out
 
 
+def _worker_start(parent: int) -> None:
+    """Warm the models, and exit if the parent dies (a ``kill -9`` must not leave workers)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    warm_up()
+
+
 class Validator:
     """Checks resources against their R4B models, in a worker process when ``workers`` > 0."""
 
@@ -52,21 +69,28 @@ class Validator:
             self._pool = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=warm_up,
+                initializer=_worker_start,
+                initargs=(os.getpid(),),
             )
 
     def __repr__(self) -> str:
         return f"Validator(workers={self.workers})"
 
-    async def check(self, resources: list[Any]) -> list[str | None]:
-        """``None`` per valid resource, else why it is invalid (same order)."""
+    async def check(
+        self, resources: list[Any], texts: list[str | None] | None = None
+    ) -> list[str | None]:
+        """``None`` per valid resource, else why it is invalid (same order). ``texts`` are the
+        resources' JSON where the caller already has it."""
         if not resources:
             return []
         if self._pool is None:
             return check(resources)
-        texts = [json.dumps(r) for r in resources]
+        given = texts or [None] * len(resources)
+        texts_ = [
+            t if t is not None else json.dumps(r) for r, t in zip(resources, given, strict=True)
+        ]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, check_json, texts)
+        return await loop.run_in_executor(self._pool, check_json, texts_)
 
     async def start(self) -> None:
         """Spawn and warm the workers now (not during the first sync)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import psutil
 import pytest
 
 from launch.db import Database, create_engine, upgrade
@@ -66,9 +67,14 @@ class Server:
 
     def kill9(self) -> None:
         assert self.proc is not None
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        assert children, "the server runs a validation worker process"
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         self.proc = None
+        # Its worker processes notice and exit (they would otherwise linger, orphaned).
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [p.pid for p in alive]
 
     def stop(self) -> None:
         if self.proc is not None:
