@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,7 +97,8 @@ async def store_facts(conn: AsyncConnection, access: AccessFilter, facts: Sequen
     if not facts:
         return
     key = ("source", "patient_id", "resource_type", "id")
-    rows = [{"source": access.source, "patient_id": access.patient_id, **asdict(f)} for f in facts]
+    # vars(), not asdict(): asdict deep-copies every detail dict (measured: a third of the cost).
+    rows = [{"source": access.source, "patient_id": access.patient_id, **vars(f)} for f in facts]
     stmt = pg_insert(_fact)
     cols = [c.name for c in _fact.c if c.name not in key and c.name != "indexed_hash"]
     # A re-projected fact is re-indexed (its text may have changed with the same raw version,

@@ -66,3 +66,81 @@ def served_demo(
         finally:
             if database.embedded is not None:
                 database.embedded.cleanup()
+
+
+def _serve_ehr(port: int, app_base: str, client_id: str, patients: int, scale: float) -> None:
+    """Child process: the sandbox EHR alone, as a separate server (for ``--separate-ehr``)."""
+    import uvicorn
+
+    from launch.sandbox import SandboxClient, SandboxConfig, create_sandbox_app
+
+    store = sandbox_store(patients=patients, history_scale=scale)
+    app = create_sandbox_app(
+        SandboxConfig(
+            base_url=f"http://127.0.0.1:{port}",
+            app_launch_url=f"{app_base}/launch",
+            clients=(SandboxClient(client_id=client_id, redirect_uris=(f"{app_base}/callback",)),),
+        ),
+        store,
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+@contextmanager
+def served_separately(*, patients: int, scale: float) -> Iterator[tuple[BenchDemo, str]]:
+    """The app in-process and the sandbox EHR in its own process (its own CPU time and GIL).
+
+    Yields the demo and the EHR's base URL (its launcher is ``{ehr}/launch?patient=``).
+    """
+    import multiprocessing
+
+    import httpx2
+
+    from launch.app import create_app
+
+    with tempfile.TemporaryDirectory(prefix="ccb-", dir="/tmp") as tmp:
+        t0 = time.perf_counter()
+        app_port, ehr_port = free_port(), free_port()
+        ehr = f"http://127.0.0.1:{ehr_port}"
+        settings = Settings(
+            env="dev", data_dir=Path(tmp), port=app_port, iss_allowlist=[f"{ehr}/fhir"]
+        )
+        child = multiprocessing.get_context("spawn").Process(
+            target=_serve_ehr,
+            args=(ehr_port, settings.base_url, settings.client_id, patients, scale),
+            daemon=True,
+        )
+        child.start()
+        database = open_database(settings)
+
+        async def migrate() -> None:
+            engine = create_engine(database, pool_size=1)
+            await upgrade(engine)
+            await engine.dispose()
+
+        try:
+            asyncio.run(migrate())
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx2.get(f"{ehr}/fhir/metadata", timeout=1).status_code == 200:
+                        break
+                except httpx2.HTTPError:
+                    pass
+                if time.monotonic() > deadline or not child.is_alive():
+                    raise RuntimeError("the sandbox EHR process did not start")
+                time.sleep(0.1)
+            store = sandbox_store(patients=patients, history_scale=scale)
+            server = BackgroundServer(
+                create_app(settings, database=database), "127.0.0.1", app_port
+            )
+            server.start()
+            try:
+                yield BenchDemo(settings, store, database, time.perf_counter() - t0), ehr
+            finally:
+                server.stop()
+        finally:
+            child.terminate()
+            child.join(timeout=10)
+            if database.embedded is not None:
+                database.embedded.cleanup()

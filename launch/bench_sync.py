@@ -3,19 +3,23 @@
 Per patient: EHR launch → first answered structured question (the launch, ``POST /api/sync``, polling
 until the run is answerable, then ``POST /api/ask``), the fetch phase's throughput (HTTP, validation
 and storage of every page; resources per second), and the time until every note is indexed. Then
-p50/p95 over the patients. The sandbox EHR runs in the same process (and on the same two cores) as
-the app, so fetch throughput includes serving the pages.
+p50/p95 over the patients. By default the sandbox EHR runs in the app's process, so fetch throughput
+includes serving the pages under the same GIL; ``--separate-ehr`` runs it as its own server process,
+as a real EHR is (it still shares the machine's two cores).
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx2
 
-from launch.bench import pct, served_demo
+from launch.bench import pct, served_demo, served_separately
 from launch.demo_client import launch_patient
 from launch.server import sandbox_store
 
@@ -33,9 +37,16 @@ def _poll(client: httpx2.Client, sync_id: str, until: Any, timeout: float = 600)
         time.sleep(0.05)  # a page polls far less often; faster polling would load the server
 
 
-def _one(base_url: str, pid: str) -> dict[str, Any]:
+def _launch(base_url: str, pid: str, ehr: str | None) -> tuple[httpx2.Client, httpx2.Response]:
+    if ehr is None:
+        return launch_patient(base_url, pid)
+    client = httpx2.Client(base_url=base_url, follow_redirects=True, timeout=30)
+    return client, client.get(f"{ehr}/launch?{urlencode({'patient': pid})}")
+
+
+def _one(base_url: str, pid: str, ehr: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    client, resp = launch_patient(base_url, pid)
+    client, resp = _launch(base_url, pid, ehr)
     try:
         resp.raise_for_status()
         launched = time.perf_counter()
@@ -67,9 +78,26 @@ def _one(base_url: str, pid: str) -> dict[str, Any]:
     }
 
 
-def run(*, patients: int = 3, data: Path | None = None, chart_scale: float = 1.0) -> int:
+def run(
+    *,
+    patients: int = 3,
+    data: Path | None = None,
+    chart_scale: float = 1.0,
+    separate_ehr: bool = False,
+) -> int:
+    if separate_ehr and data is not None:
+        print("--separate-ehr works with generated charts only", file=sys.stderr)
+        return 2
     store = None if data else sandbox_store(patients=max(patients, 1), history_scale=chart_scale)
-    with served_demo(data=data, store=store) as demo:
+    with ExitStack() as stack:
+        ehr: str | None = None
+        if separate_ehr:
+            demo, ehr = stack.enter_context(
+                served_separately(patients=max(patients, 1), scale=chart_scale)
+            )
+            print(f"sandbox EHR in its own process at {ehr}")
+        else:
+            demo = stack.enter_context(served_demo(data=data, store=store))
         print(
             f"demo start (embedded Postgres + migrations + model + sandbox): "
             f"{demo.start_seconds:.2f} s"
@@ -80,7 +108,7 @@ def run(*, patients: int = 3, data: Path | None = None, chart_scale: float = 1.0
         )
         rows = []
         for pid in [p["id"] for p in demo.store.patients()][:patients]:
-            r = _one(demo.base_url, str(pid))
+            r = _one(demo.base_url, str(pid), ehr)
             rows.append(r)
             print(
                 f"{r['pid']:>38} {r['status']:>7} {r['resources']:>5} {r['chunks']:>6} "

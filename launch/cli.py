@@ -296,6 +296,7 @@ def cmd_bench_sync(args: argparse.Namespace) -> int:
         patients=args.patients,
         data=Path(args.data) if args.data else None,
         chart_scale=args.chart_scale,
+        separate_ehr=args.separate_ehr,
     )
 
 
@@ -388,6 +389,11 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="stretch generated charts' history (3.5: about 1,000 resources per chart)",
+    )
+    bench_sync.add_argument(
+        "--separate-ehr",
+        action="store_true",
+        help="run the sandbox EHR in its own process (as a real EHR), not inside the app",
     )
     bench_sync.set_defaults(func=cmd_bench_sync)
     return p
