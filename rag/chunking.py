@@ -51,9 +51,22 @@ def fmt_number(value: float) -> str:
     return f"{value:.1f}"
 
 
+SYSTOLIC, DIASTOLIC = "8480-6", "8462-4"
+
+
+def components(fact: dict[str, Any]) -> list[dict[str, Any]]:
+    """A fact's components in reading order: systolic before diastolic by LOINC code, whatever
+    order the EHR listed them in (real panels often list diastolic first); others as recorded."""
+    comps = list(fact.get("detail", {}).get("components") or [])
+    rank = {SYSTOLIC: 0, DIASTOLIC: 1}
+    if any(c.get("code") in rank for c in comps):
+        comps.sort(key=lambda c: rank.get(c.get("code"), 2))
+    return comps
+
+
 def fact_value(fact: dict[str, Any]) -> str | None:
     """A fact's value as text: ``7.2 %``, ``142/88 mm[Hg]``, or a coded/text value."""
-    comps = fact.get("detail", {}).get("components") or []
+    comps = components(fact)
     if len(comps) >= 2 and all(c.get("value") is not None for c in comps[:2]):
         unit = comps[0].get("unit") or ""
         return f"{fmt_number(comps[0]['value'])}/{fmt_number(comps[1]['value'])} {unit}".strip()

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from rag.answer import CitationInfo, Statement
-from rag.chunking import fact_sentence, fact_value, fmt_date, fmt_number
+from rag.chunking import components, fact_sentence, fact_value, fmt_date, fmt_number
 from rag.intents import Intent
 from rag.repository import Hit
 
@@ -45,7 +45,7 @@ def citation_for_fact(fact: dict[str, Any]) -> CitationInfo:
 
 
 def _primary_value(fact: dict[str, Any]) -> float | None:
-    comps = fact.get("detail", {}).get("components") or []
+    comps = components(fact)  # systolic first for blood pressure
     if comps and comps[0].get("value") is not None:
         return float(comps[0]["value"])
     v = fact.get("value_num")
@@ -80,11 +80,7 @@ def lab_statements(facts: Sequence[dict[str, Any]], window_text: str) -> list[St
         numeric = [(f, v) for f in series if (v := _primary_value(f)) is not None]
         if len(numeric) >= 2:
             (f0, v0), (f1, v1) = numeric[0], numeric[-1]
-            unit = (
-                (f0.get("detail", {}).get("components") or [{}])[0].get("unit")
-                or f0.get("unit")
-                or ""
-            )
+            unit = (components(f0) or [{}])[0].get("unit") or f0.get("unit") or ""
             out.append(
                 Statement(
                     text=(

@@ -377,6 +377,9 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
                 "valueQuantity": _quantity(diastolic, "mm[Hg]"),
             },
         ]
+        # Real EHRs list BP components in either order; every third panel here lists diastolic first.
+        if visit.id and int(visit.id.rsplit("-", 1)[-1]) % 3 == 0:
+            panel["component"].reverse()
         self.out["Observation"].append(panel)
         self._measure(visit, "hr")
         self._measure(visit, "rr")

@@ -124,3 +124,28 @@ def test_notes_question_quotes_the_patients_notes(demo: RunningDemo, patient_a: 
     assert notes, json.dumps(answer)[:500]
     for ref in notes:
         assert owner_of(demo.store, ref) == patient_a.patient_id
+
+
+def test_every_blood_pressure_reads_systolic_over_diastolic(
+    demo: RunningDemo, patient_a: Synced
+) -> None:
+    """The sandbox lists diastolic first in every third panel; answers must not care."""
+    panels = [
+        o for o in owned(demo.store, patient_a.patient_id, "Observation") if "85354-9" in codes(o)
+    ]
+    reversed_panels = [o for o in panels if "8462-4" in codes(o["component"][0])]
+    assert reversed_panels, "the generator varies component order"
+    r = ask(patient_a.client, "Show all blood pressure readings")
+    assert r.status_code == 200, r.text
+    statements = r.json()["statements"]
+    by_id = {
+        s["citations"][0].split("/")[1]: s["text"] for s in statements if len(s["citations"]) == 1
+    }
+    checked = 0
+    for o in panels:
+        if o["id"] not in by_id:
+            continue
+        value = {next(iter(codes(c))): c["valueQuantity"]["value"] for c in o["component"]}
+        assert f"{value['8480-6']:g}/{value['8462-4']:g} mm[Hg]" in by_id[o["id"]], by_id[o["id"]]
+        checked += 1
+    assert checked >= 2 and any(o["id"] in by_id for o in reversed_panels)

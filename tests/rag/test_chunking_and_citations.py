@@ -97,3 +97,45 @@ def test_validation_removes_statements_with_any_bad_citation() -> None:
     )
     assert [s.text for s in result.kept] == ["ok", "a notice"]
     assert result.removed == 6
+
+
+def _bp(i: str, day: int, systolic: float, diastolic: float, *, diastolic_first: bool) -> dict:
+    comps = [
+        {
+            "code": "8480-6",
+            "display": "Systolic blood pressure",
+            "value": systolic,
+            "unit": "mm[Hg]",
+        },
+        {
+            "code": "8462-4",
+            "display": "Diastolic blood pressure",
+            "value": diastolic,
+            "unit": "mm[Hg]",
+        },
+    ]
+    if diastolic_first:
+        comps.reverse()
+    return {
+        "resource_type": "Observation",
+        "id": i,
+        "display": "Blood pressure panel",
+        "code": "85354-9",
+        "value_num": None,
+        "unit": None,
+        "date": datetime(2025, 1, day, tzinfo=UTC),
+        "detail": {"components": comps},
+    }
+
+
+def test_blood_pressure_reads_systolic_over_diastolic_by_code_not_position() -> None:
+    panels = [
+        _bp("bp1", 1, 150, 95, diastolic_first=True),
+        _bp("bp2", 2, 128, 80, diastolic_first=False),
+    ]
+    assert fact_sentence(panels[0]) == "Blood pressure panel 150/95 mm[Hg] on 2025-01-01"
+    texts = [s.text for s in lab_statements(panels, "")]
+    assert "Blood pressure panel: 150/95 mm[Hg] on 2025-01-01." in texts
+    assert "Blood pressure panel: 128/80 mm[Hg] on 2025-01-02." in texts
+    trend = next(t for t in texts if "trend" in t)
+    assert "from 150 mm[Hg]" in trend and "to 128 mm[Hg]" in trend  # the systolic series

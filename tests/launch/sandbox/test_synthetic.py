@@ -230,6 +230,7 @@ def test_hba1c_trends_over_the_last_18_months_match_the_plan(resources: list[Res
 
 
 def test_observations_carry_loinc_ucum_category_and_encounter(resources: list[Resource]) -> None:
+    bp_orders: set[tuple[str, ...]] = set()
     wanted = {
         "4548-4",
         "85354-9",
@@ -259,11 +260,12 @@ def test_observations_carry_loinc_ucum_category_and_encounter(resources: list[Re
         for quantity in quantities:
             assert quantity["system"] == "http://unitsofmeasure.org"
         if coding["code"] == "85354-9":
-            assert [c["code"]["coding"][0]["code"] for c in obs["component"]] == [
-                "8480-6",
-                "8462-4",
-            ]
+            order = [c["code"]["coding"][0]["code"] for c in obs["component"]]
+            assert sorted(order) == ["8462-4", "8480-6"]
+            bp_orders.add(tuple(order))
     assert wanted <= seen
+    # Both component orders occur, as on real EHRs.
+    assert bp_orders == {("8480-6", "8462-4"), ("8462-4", "8480-6")}
 
 
 def test_medication_requests_start_stop_and_change_dose(
