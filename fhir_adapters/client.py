@@ -196,6 +196,7 @@ class FhirClient:
         self._client = _Fhirpy(self.base_url, aliases, self.retry.timeout)
         self._client.token = access_token
         self._refresh = refresh
+        self._refresh_lock = asyncio.Lock()
         self._sleep = sleep
         #: requests, retries, refreshes: for progress and benchmarks.
         self.stats: Counter[str] = Counter()
@@ -217,6 +218,7 @@ class FhirClient:
         attempt = 0
         while True:
             self.stats["requests"] += 1
+            sent_with = self._client.token
             try:
                 return await self._client.execute(path, method="get", params=params)
             except _TokenRejected:
@@ -225,8 +227,12 @@ class FhirClient:
                         "the EHR rejected the session's token (401); launch again"
                     ) from None
                 refreshed = True
-                self.stats["refreshes"] += 1
-                self._client.token = await self._refresh()
+                # Concurrent requests that all got 401 refresh once: the others wait and reuse the
+                # new token (a second refresh would spend a rotated refresh token).
+                async with self._refresh_lock:
+                    if self._client.token == sent_with:
+                        self.stats["refreshes"] += 1
+                        self._client.token = await self._refresh()
             except _Transient as exc:
                 attempt += 1
                 if attempt >= self.retry.attempts:

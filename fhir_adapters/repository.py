@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhir_adapters.access import AccessFilter
-from fhir_adapters.normalize import Fact, parse_date
+from fhir_adapters.normalize import Fact, canonical_json, parse_date
 from fhir_adapters.tables import ClinicalFact, FhirResource, Quarantine, SyncRun
 
 _res = FhirResource.__table__  # type: ignore[attr-defined]
@@ -45,18 +45,37 @@ async def stored_hashes(
     return {(r.resource_type, r.id): r.content_hash for r in rows}
 
 
+_UPSERT_RESOURCE = text(
+    """
+INSERT INTO fhir_resource
+  (source, patient_id, resource_type, id, version_id, last_updated, content_hash, content, synced_at)
+VALUES (:source, :patient_id, :resource_type, :id, :version_id, :last_updated, :content_hash,
+        CAST(:content AS jsonb), :synced_at)
+ON CONFLICT (source, patient_id, resource_type, id) DO UPDATE SET
+  version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated,
+  content_hash = EXCLUDED.content_hash, content = EXCLUDED.content, synced_at = EXCLUDED.synced_at
+"""
+)
+
+
 async def store_resources(
-    conn: AsyncConnection, access: AccessFilter, items: Sequence[tuple[dict[str, Any], str]]
+    conn: AsyncConnection,
+    access: AccessFilter,
+    items: Sequence[tuple[dict[str, Any], str]],
+    texts: dict[tuple[str, str], str] | None = None,
 ) -> dict[tuple[str, str], str]:
     """Upsert (resource, content_hash) pairs; returns ``{(type, id): "new"|"changed"|"same"}``.
 
-    Idempotent: a resource whose content hash is unchanged is not rewritten.
+    Idempotent: a resource whose content hash is unchanged is not rewritten. ``texts`` are the
+    resources' JSON where the caller has it (Postgres parses it; no second ``json.dumps``).
     """
     if not items:
         return {}
     known = await stored_hashes(conn, access, [(r["resourceType"], r["id"]) for r, _ in items])
+    given = texts or {}
     outcome: dict[tuple[str, str], str] = {}
     rows = []
+    now = _now()
     for resource, digest in items:
         key = (resource["resourceType"], resource["id"])
         before = known.get(key)
@@ -72,24 +91,13 @@ async def store_resources(
                     "version_id": meta.get("versionId"),
                     "last_updated": parse_date(meta.get("lastUpdated")),
                     "content_hash": digest,
-                    "content": resource,
-                    "synced_at": _now(),
+                    "content": given.get(key) or canonical_json(resource),
+                    "synced_at": now,
                 }
             )
     if rows:
-        # executemany: one cached statement, batched by SQLAlchemy's insertmanyvalues (compiling a
-        # multi-row VALUES per page cost ~0.5 ms a row).
-        stmt = pg_insert(_res)
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["source", "patient_id", "resource_type", "id"],
-                set_={
-                    c: stmt.excluded[c]
-                    for c in ("version_id", "last_updated", "content_hash", "content", "synced_at")
-                },
-            ),
-            rows,
-        )
+        # executemany of one prepared statement; the JSON goes as text and Postgres parses it.
+        await conn.execute(_UPSERT_RESOURCE, rows)
     return outcome
 
 

@@ -114,6 +114,7 @@ class Puller:
         self.progress = progress
         self.result = PullResult()
         self._seen: set[tuple[str, str]] = set()
+        self._last: tuple[str, float] = ("", 0.0)
 
     async def run(self, *, since: datetime | None = None) -> PullResult:
         started = time.perf_counter()
@@ -234,7 +235,9 @@ class Puller:
         """Check and store one page (resources read one by one)."""
         await self._store(page, *await self._check(page))
 
-    async def _check(self, page: list[Any]) -> tuple[list[str], dict[int, str | None]]:
+    async def _check(
+        self, page: list[Any]
+    ) -> tuple[list[str], dict[int, str | None], list[str | None]]:
         """Content hashes, and the validation verdict of every resource not already stored."""
         keyed = [
             r
@@ -268,13 +271,18 @@ class Puller:
                 strict=True,
             )
         )
-        return digests, verdicts
+        return digests, verdicts, texts
 
     async def _store(
-        self, page: list[Any], digests: list[str], verdicts: dict[int, str | None]
+        self,
+        page: list[Any],
+        digests: list[str],
+        verdicts: dict[int, str | None],
+        texts: list[str | None],
     ) -> None:
         """Store one checked page and the facts it alone is enough for, in one transaction."""
         good: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        json_of: dict[tuple[str, str], str] = {}
         async with self.engine.begin() as conn:
             for i, resource in enumerate(page):
                 if (reason := verdicts.get(i)) is not None:
@@ -292,7 +300,9 @@ class Puller:
                     )
                     continue
                 good[(rtype, resource["id"])] = (resource, digest)
-            outcome = await repo.store_resources(conn, self.access, list(good.values()))
+                if (text := texts[i]) is not None:
+                    json_of[(rtype, resource["id"])] = text
+            outcome = await repo.store_resources(conn, self.access, list(good.values()), json_of)
             self._seen.update(good)
             for rtype, _ in good:
                 self.result.counts[rtype] += 1
@@ -325,8 +335,12 @@ class Puller:
         )
 
     async def _report(self, phase: str) -> None:
-        if self.progress is not None:
-            await self.progress(phase, dict(self.result.counts), self.result.quarantined)
+        """Progress, at most four times a second within a phase (each report is a write)."""
+        now = time.monotonic()
+        if self.progress is None or (phase == self._last[0] and now - self._last[1] < 0.25):
+            return
+        self._last = (phase, now)
+        await self.progress(phase, dict(self.result.counts), self.result.quarantined)
 
 
 def _project(
