@@ -328,17 +328,18 @@ async def latest_sync_run(
     return dict(row) if row else None
 
 
-def run_lock_key(sync_id: uuid.UUID) -> Any:
-    """The advisory lock a live run holds on its own connection (released if its process dies)."""
-    return func.hashtextextended(str(sync_id), 0)
+def run_lock_key(sync_id: Any) -> Any:
+    """The advisory lock a live run holds on its own connection (released if its process dies);
+    ``sync_id`` is the run's id as text, or the ``sync_run.id`` column."""
+    return func.hashtextextended(func.cast(sync_id, Text), 0)
 
 
 async def hold_run_lock(conn: AsyncConnection, sync_id: uuid.UUID) -> None:
-    await conn.execute(select(func.pg_advisory_lock(run_lock_key(sync_id))))
+    await conn.execute(select(func.pg_advisory_lock(run_lock_key(str(sync_id)))))
 
 
 async def release_run_lock(conn: AsyncConnection, sync_id: uuid.UUID) -> None:
-    await conn.execute(select(func.pg_advisory_unlock(run_lock_key(sync_id))))
+    await conn.execute(select(func.pg_advisory_unlock(run_lock_key(str(sync_id)))))
 
 
 async def lock_patient(conn: AsyncConnection, access: AccessFilter) -> None:
@@ -368,7 +369,7 @@ async def close_dead_runs(
     dead = or_(
         _sync.c.heartbeat_at.is_(None),
         _sync.c.heartbeat_at < cutoff,
-        func.pg_try_advisory_xact_lock(run_lock_key_column()),
+        func.pg_try_advisory_xact_lock(run_lock_key(_sync.c.id)),
     )
     rows = await conn.execute(
         update(_sync)
@@ -382,10 +383,6 @@ async def close_dead_runs(
         .returning(_sync.c.source, _sync.c.patient_id, _sync.c.id, _sync.c.phase)
     )
     return [dict(r) for r in rows.mappings()]
-
-
-def run_lock_key_column() -> Any:
-    return func.hashtextextended(func.cast(_sync.c.id, Text), 0)
 
 
 # -- reconciling derived rows with the raw store ---------------------------------------------------

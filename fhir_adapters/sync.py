@@ -188,7 +188,7 @@ class Puller:
                 self.result.errors["Patient"] = exc.message
             else:
                 if patient is not None:
-                    await self._ingest([patient])
+                    await self.ingest([patient])
                     complete.add("Patient")
         for rtype in sorted(wanted - {"Patient"}):
             params = {"patient": pid, "_count": self.page_size}
@@ -231,7 +231,7 @@ class Puller:
         """Is this a type the sync stores for this session (others are skipped unvalidated)?"""
         return rtype in SUPPORT_TYPES or (rtype in CLINICAL_TYPES and self.access.allows(rtype))
 
-    async def _ingest(self, page: list[Any]) -> None:
+    async def ingest(self, page: list[Any]) -> None:
         """Check and store one page (resources read one by one)."""
         await self._store(page, *await self._check(page))
 

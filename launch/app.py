@@ -69,16 +69,21 @@ def app_config(settings: Settings) -> AppConfig:
         sync_page_size=settings.sync_page_size,
         sync_lease_seconds=settings.sync_lease_seconds,
         sync_full_every_seconds=settings.sync_full_every_hours * 3600,
-        fhir_retry=RetryPolicy(
-            attempts=settings.fhir_retry_attempts,
-            base_delay=settings.fhir_backoff_seconds,
-            max_retry_after=settings.fhir_max_retry_after_seconds,
-            timeout=settings.fhir_request_timeout_seconds,
-        ),
+        fhir_retry=fhir_retry(settings),
         fhir_url_aliases={
             normalise_iss(iss): tuple(a.rstrip("/") for a in aliases)
             for iss, aliases in settings.fhir_url_aliases.items()
         },
+    )
+
+
+def fhir_retry(settings: Settings) -> RetryPolicy:
+    """How hard each FHIR request tries, from the ``CHARTCITE_FHIR_*`` settings."""
+    return RetryPolicy(
+        attempts=settings.fhir_retry_attempts,
+        base_delay=settings.fhir_backoff_seconds,
+        max_retry_after=settings.fhir_max_retry_after_seconds,
+        timeout=settings.fhir_request_timeout_seconds,
     )
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.db import Database, create_engine, open_database, upgrade
+from launch.db import Database, open_database, upgrade_database
 from launch.sandbox import SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
 from launch.settings import Settings
@@ -48,13 +48,8 @@ def served_demo(
         settings = Settings(env="dev", data_dir=Path(tmp), port=free_port())
         database = open_database(settings)
 
-        async def migrate() -> None:
-            engine = create_engine(database, pool_size=1)
-            await upgrade(engine)
-            await engine.dispose()
-
         try:
-            asyncio.run(migrate())
+            asyncio.run(upgrade_database(database))
             store = store or sandbox_store(patients=patients, data=data)
             demo = build_demo(settings, store, database=database)
             server = BackgroundServer(demo.app, settings.host, settings.port)
@@ -113,13 +108,8 @@ def served_separately(*, patients: int, scale: float) -> Iterator[tuple[BenchDem
         child.start()
         database = open_database(settings)
 
-        async def migrate() -> None:
-            engine = create_engine(database, pool_size=1)
-            await upgrade(engine)
-            await engine.dispose()
-
         try:
-            asyncio.run(migrate())
+            asyncio.run(upgrade_database(database))
             deadline = time.monotonic() + 60
             while True:
                 try:

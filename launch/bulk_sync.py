@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx2
 
 from fhir_adapters.bulk import BulkClient
-from fhir_adapters.client import RetryPolicy
+from launch.app import fhir_retry
 from launch.db import Database
 from launch.importer import ImportReport, import_path
 from launch.settings import Settings
@@ -51,12 +51,7 @@ async def bulk_sync(
         smart = SmartClient(http)
         conf = await smart.discover(iss)
         token = await smart.backend_token(conf, settings.bulk_client_id, secret, scope)
-    retry = RetryPolicy(
-        attempts=settings.fhir_retry_attempts,
-        base_delay=settings.fhir_backoff_seconds,
-        max_retry_after=settings.fhir_max_retry_after_seconds,
-        timeout=settings.fhir_request_timeout_seconds,
-    )
+    retry = fhir_retry(settings)
 
     def note(text: str) -> None:
         if say is not None:

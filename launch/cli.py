@@ -28,14 +28,9 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 async def _upgrade(settings: Settings, database: Any = None) -> tuple[str | None, str]:
-    from launch.db import create_engine, open_database, upgrade
+    from launch.db import open_database, upgrade_database
 
-    db = database or open_database(settings)
-    engine = create_engine(db, pool_size=1)
-    try:
-        return await upgrade(engine)
-    finally:
-        await engine.dispose()
+    return await upgrade_database(database or open_database(settings))
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -83,7 +78,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from launch.db import DatabaseError, create_engine, open_database, require_migrated
+    from launch.db import DatabaseError, open_database, require_migrated_database
     from launch.repair import repair_all
 
     if args.bulk:
@@ -100,11 +95,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     database = open_database(settings)
 
     async def run() -> Any:
-        engine = create_engine(database, pool_size=1)
-        try:
-            await require_migrated(engine)
-        finally:
-            await engine.dispose()
+        await require_migrated_database(database)
         return await repair_all(database, settings, say=print)
 
     started = time.perf_counter()
@@ -125,7 +116,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _bulk(args: argparse.Namespace) -> int:
     from fhir_adapters import FhirAdapterError
     from launch.bulk_sync import bulk_sync
-    from launch.db import DatabaseError, create_engine, open_database, require_migrated
+    from launch.db import DatabaseError, open_database, require_migrated_database
     from launch.importer import print_progress
     from smart_app.errors import AppError
 
@@ -136,11 +127,7 @@ def _bulk(args: argparse.Namespace) -> int:
     database = open_database(settings)
 
     async def run() -> Any:
-        engine = create_engine(database, pool_size=1)
-        try:
-            await require_migrated(engine)
-        finally:
-            await engine.dispose()
+        await require_migrated_database(database)
         return await bulk_sync(database, settings, args.iss, say=print_progress)
 
     try:
@@ -158,7 +145,7 @@ def _bulk(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from launch.db import DatabaseError, create_engine, open_database, require_migrated
+    from launch.db import DatabaseError, open_database, require_migrated_database
     from launch.importer import import_path, print_progress
     from launch.sandbox.loader import LoaderError
 
@@ -170,11 +157,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     database = open_database(settings)
 
     async def run() -> Any:
-        engine = create_engine(database, pool_size=1)
-        try:
-            await require_migrated(engine)
-        finally:
-            await engine.dispose()
+        await require_migrated_database(database)
         return await import_path(database, settings, path, iss=args.iss, say=print_progress)
 
     try:

@@ -152,3 +152,21 @@ async def require_migrated(engine: AsyncEngine) -> None:
             f"the database schema is at revision {current or 'none'}, the app needs {head}: "
             "run `chartcite db upgrade`"
         )
+
+
+async def upgrade_database(db: Database) -> tuple[str | None, str]:
+    """``upgrade`` on a short-lived one-connection engine of ``db``."""
+    engine = create_engine(db, pool_size=1)
+    try:
+        return await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+async def require_migrated_database(db: Database) -> None:
+    """``require_migrated`` on a short-lived one-connection engine of ``db``."""
+    engine = create_engine(db, pool_size=1)
+    try:
+        await require_migrated(engine)
+    finally:
+        await engine.dispose()

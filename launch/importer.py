@@ -85,7 +85,7 @@ async def import_path(
             puller = Puller(engine, None, access, sync_id, validator=validator)
             chart = _chart(files, pid)
             for i in range(0, len(chart), PAGE):
-                await puller._ingest(chart[i : i + PAGE])
+                await puller.ingest(chart[i : i + PAGE])
             await puller.reconcile_all()
             await index_patient(engine, embedder, access)
             async with engine.connect() as conn:

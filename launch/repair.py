@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from fhir_adapters import AccessFilter
 from fhir_adapters.normalize import CLINICAL_TYPES, SUPPORT_TYPES
+from fhir_adapters.repository import chart_health
 from fhir_adapters.sync import PullResult, reconcile
 from launch.db import Database, create_engine
 from launch.settings import Settings
@@ -51,19 +52,16 @@ async def repair_all(
             await reconcile(engine, access, None, result)
             indexed = await index_patient(engine, embedder, access)
             async with engine.connect() as conn:
-                incomplete = await conn.scalar(
-                    text(
-                        "SELECT count(*) FROM clinical_fact WHERE source = :s AND patient_id = :p "
-                        "AND incomplete IS NOT NULL"
-                    ),
-                    {"s": source, "p": patient_id},
-                )
+                health = await chart_health(conn, access)
+            incomplete = sum(
+                n for reasons in health["incomplete"].values() for n in reasons.values()
+            )
             report.patients += 1
             report.projected += result.counts["projected"]
             report.removed_facts += result.counts["removed_facts"]
             report.removed_chunks += result.counts["removed_chunks"]
             report.indexed += indexed.facts
-            report.still_incomplete += int(incomplete or 0)
+            report.still_incomplete += incomplete
             work = result.counts["projected"] + indexed.facts + result.counts["removed_facts"]
             if say is not None and work:
                 say(

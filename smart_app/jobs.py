@@ -103,11 +103,10 @@ class SyncJobs:
         ) >= set(session.access.resource_types)
         if age >= self.state.config.sync_full_every_seconds or not covered:
             return "full", None
-        if not await store.get_resource(
+        if not await store.existing_refs(
             conn,
             session.access.widened_for_support(frozenset({"Patient"})),
-            "Patient",
-            session.patient_id,
+            [("Patient", session.patient_id)],
         ):
             return "full", None  # the stored copy is gone (restored backup, manual cleanup)
         # A margin for clock skew between the EHR and us: re-reading a little is harmless.

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from launch.db import Database, create_engine, open_database, upgrade
+from launch.db import Database, create_engine, open_database, upgrade, upgrade_database
 from launch.sandbox import SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
 from launch.settings import Settings
@@ -82,6 +82,13 @@ def scratch_database(database: Database, prefix: str) -> Database:
     return Database(
         url=make_url(database.url).set(database=name).render_as_string(hide_password=False)
     )
+
+
+def migrated_scratch_database(database: Database, prefix: str) -> Database:
+    """``scratch_database`` with the schema at head."""
+    db = scratch_database(database, prefix)
+    asyncio.run(upgrade_database(db))
+    return db
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,12 @@ import pytest
 from fhir_adapters.bulk import BulkClient
 from fhir_adapters.errors import FhirServerError
 from launch.bulk_sync import bulk_sync
-from launch.db import Database, create_engine, upgrade
+from launch.db import Database
 from launch.sandbox import Fault, FaultPlan, SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
 from launch.settings import Settings
 from smart_app.ehrs import source_key
-from tests.conftest import scratch_database
+from tests.conftest import migrated_scratch_database
 from tests.integration.test_sync_faults import query
 
 
@@ -36,14 +36,7 @@ class Ehr:
 
 @pytest.fixture(scope="module")
 def ehr(data_dir: Path, database: Database) -> Iterator[Ehr]:
-    db = scratch_database(database, "bulk")
-
-    async def migrate() -> None:
-        engine = create_engine(db, pool_size=1)
-        await upgrade(engine)
-        await engine.dispose()
-
-    asyncio.run(migrate())
+    db = migrated_scratch_database(database, "bulk")
     port = free_port()
     settings = Settings(env="dev", data_dir=data_dir, port=port, fhir_backoff_seconds=0.05)
     store = sandbox_store(patients=3)

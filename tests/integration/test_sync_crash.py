@@ -8,7 +8,6 @@ sync of the same patient.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -24,11 +23,11 @@ import httpx2
 import psutil
 import pytest
 
-from launch.db import Database, create_engine, upgrade
+from launch.db import Database
 from launch.demo_client import launch_patient, sync_patient
 from launch.server import free_port
 from smart_app.ehrs import source_key
-from tests.conftest import ROOT, scratch_database
+from tests.conftest import ROOT, migrated_scratch_database
 from tests.integration.test_sync_faults import query
 
 PATIENT = "pat-0001"
@@ -88,14 +87,7 @@ class Server:
 
 @pytest.fixture
 def server(data_dir: Path, database: Database, tmp_path: Path) -> Iterator[Server]:
-    db = scratch_database(database, "crash")
-
-    async def migrate() -> None:
-        engine = create_engine(db, pool_size=1)
-        await upgrade(engine)
-        await engine.dispose()
-
-    asyncio.run(migrate())
+    db = migrated_scratch_database(database, "crash")
     s = Server(tmp_path, db, free_port())
     yield s
     s.stop()

@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from launch.db import Database, create_engine, upgrade
+from launch.db import Database, create_engine
 from launch.demo_client import launch_patient, sync_patient
 from launch.sandbox import Fault, FaultPlan, SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
 from launch.settings import Settings
 from smart_app.ehrs import source_key
-from tests.conftest import scratch_database
+from tests.conftest import migrated_scratch_database
 from tests.integration.helpers import owned
 
 PAGE_2 = r"\$everything.*_offset=50"
@@ -117,14 +117,7 @@ def _foreign_app(hits: list[dict[str, str]]) -> Starlette:
 
 @pytest.fixture(scope="module")
 def faulty(data_dir: Path, database: Database) -> Iterator[Faulty]:
-    db = scratch_database(database, "faults")
-
-    async def migrate() -> None:
-        engine = create_engine(db, pool_size=1)
-        await upgrade(engine)
-        await engine.dispose()
-
-    asyncio.run(migrate())
+    db = migrated_scratch_database(database, "faults")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings = Settings(
@@ -470,14 +463,7 @@ def test_tokens_that_expire_in_seconds_are_refreshed_mid_sync(
     data_dir: Path, database: Database
 ) -> None:
     """A sandbox whose access tokens live 2 s, and pages slowed so the sync outlives one."""
-    db = scratch_database(database, "ttl")
-
-    async def migrate() -> None:
-        engine = create_engine(db, pool_size=1)
-        await upgrade(engine)
-        await engine.dispose()
-
-    asyncio.run(migrate())
+    db = migrated_scratch_database(database, "ttl")
     port = free_port()
     settings = Settings(env="dev", data_dir=data_dir, port=port, sync_page_size=50)
     store = sandbox_store(patients=1)

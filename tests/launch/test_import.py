@@ -10,25 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch.db import Database, create_engine, upgrade
+from launch.db import Database
 from launch.importer import import_path
 from launch.sandbox import generate_patients
 from launch.settings import Settings
 from smart_app.ehrs import source_key
-from tests.conftest import ROOT, scratch_database
+from tests.conftest import ROOT, migrated_scratch_database
 from tests.integration.test_sync_faults import query
-
-
-def _migrated(database: Database, name: str) -> Database:
-    db = scratch_database(database, name)
-
-    async def migrate() -> None:
-        engine = create_engine(db, pool_size=1)
-        await upgrade(engine)
-        await engine.dispose()
-
-    asyncio.run(migrate())
-    return db
 
 
 def _count(db: Database, table: str, source: str, pid: str, extra: str = "") -> int:
@@ -57,7 +45,7 @@ def test_import_of_ndjson_and_bundles_builds_the_synced_store(
         + [{"resource": bad}],
     }
     (tmp_path / "obs.json").write_text(json.dumps(bundle))
-    db = _migrated(database, "import")
+    db = migrated_scratch_database(database, "import")
     iss = "https://ehr.example/fhir"
     report = asyncio.run(import_path(db, Settings(env="dev"), tmp_path, iss=iss))
     assert report.patients == 2 and report.quarantined == 1
@@ -101,7 +89,7 @@ def test_import_of_synthea_charts_is_complete(
     chosen = sorted(p for p in synthea_dir.glob("*.json"))[:2]
     for p in chosen:
         shutil.copy(p, tmp_path / p.name)
-    db = _migrated(database, "synthea")
+    db = migrated_scratch_database(database, "synthea")
     report = asyncio.run(import_path(db, Settings(env="dev"), tmp_path))
     assert report.patients == 2 and report.statuses == {"done": 2}, report
     rows = query(
