@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from pathlib import Path
@@ -56,3 +57,12 @@ def run(*, asks: int = 50, patients: int = 3, data: Path | None = None) -> int:
         f"p95 {pct(server_ms, 0.95):.1f} ms"
     )
     return 0
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="chartcite bench ask", description=__doc__)
+    p.add_argument("--asks", type=int, default=50)
+    p.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
+    p.add_argument("--data", help="FHIR folder for the sandbox (e.g. Synthea output)")
+    args = p.parse_args(argv)
+    return run(asks=args.asks, patients=args.patients, data=Path(args.data) if args.data else None)

@@ -267,9 +267,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_bench_ask(args: argparse.Namespace) -> int:
     from launch import bench_ask
 
-    return bench_ask.run(
-        asks=args.asks, patients=args.patients, data=Path(args.data) if args.data else None
-    )
+    return bench_ask.main(args.rest)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from launch import eval as evaluation
+
+    return evaluation.main(args.rest)
 
 
 def cmd_bench_sync(args: argparse.Namespace) -> int:
@@ -356,13 +360,18 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=cmd_model_build)
 
+    evaluation = sub.add_parser(
+        "eval", help="score answers against a question set (JSONL)", add_help=False
+    )
+    evaluation.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluation.set_defaults(func=cmd_eval)
+
     bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(
         dest="bench_command", required=True
     )
-    bench_ask = bench.add_parser("ask", help="ask latency p50/p95")
-    bench_ask.add_argument("--asks", type=int, default=50)
-    bench_ask.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
-    bench_ask.add_argument("--data", help="FHIR folder for the sandbox (e.g. Synthea output)")
+    # These two parse their own options (``chartcite bench ask --help``, ``chartcite eval --help``).
+    bench_ask = bench.add_parser("ask", help="ask latency p50/p95", add_help=False)
+    bench_ask.add_argument("rest", nargs=argparse.REMAINDER)
     bench_ask.set_defaults(func=cmd_bench_ask)
     bench_sync = bench.add_parser("sync", help="sync time per patient")
     bench_sync.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
@@ -382,7 +391,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Subcommands that parse their own options: ``argparse.REMAINDER`` would not pass ``--help`` on.
+_OWN_OPTIONS = {("eval",): cmd_eval, ("bench", "ask"): cmd_bench_ask}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    for prefix, func in _OWN_OPTIONS.items():
+        if tuple(argv[: len(prefix)]) == prefix:
+            return func(argparse.Namespace(rest=argv[len(prefix) :]))
     args = parser().parse_args(argv)
     code: int = args.func(args)
     return code
