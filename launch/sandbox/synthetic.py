@@ -171,7 +171,7 @@ def codes_unique_to_one_patient(resources: list[Resource]) -> dict[str, list[str
     """Map patient id → sorted `Type|system|code` keys found in no other patient's chart.
 
     Looks at Condition, Observation and AllergyIntolerance codes and MedicationRequest drugs
-    (resolving `medicationReference` to the Medication's code).
+    (resolving `medicationReference` to the contained or stand-alone Medication's code).
     """
     med_codes = {
         f"Medication/{r['id']}": r["code"]["coding"][0]
@@ -186,13 +186,7 @@ def codes_unique_to_one_patient(resources: list[Resource]) -> dict[str, list[str
         elif rtype == "AllergyIntolerance":
             coding, subject = res["code"]["coding"][0], res["patient"]["reference"]
         elif rtype == "MedicationRequest":
-            concept = res.get("medicationCodeableConcept")
-            coding = (
-                concept["coding"][0]
-                if concept
-                else med_codes[res["medicationReference"]["reference"]]
-            )
-            subject = res["subject"]["reference"]
+            coding, subject = _drug_coding(res, med_codes), res["subject"]["reference"]
         else:
             continue
         key = f"{rtype}|{coding['system']}|{coding['code']}"
@@ -202,6 +196,17 @@ def codes_unique_to_one_patient(resources: list[Resource]) -> dict[str, list[str
         if len(owners[key]) == 1:
             unique.setdefault(next(iter(owners[key])), []).append(key)
     return unique
+
+
+def _drug_coding(order: Resource, med_codes: dict[str, Resource]) -> Resource:
+    """The RxNorm coding of an order's drug: inline, contained (`#m1`) or a Medication's."""
+    if concept := order.get("medicationCodeableConcept"):
+        return concept["coding"][0]  # type: ignore[no-any-return]
+    ref = order["medicationReference"]["reference"]
+    if ref.startswith("#"):
+        contained = next(c for c in order["contained"] if c["id"] == ref[1:])
+        return contained["code"]["coding"][0]  # type: ignore[no-any-return]
+    return med_codes[ref]
 
 
 def _patient(plan: PatientPlan, created: dt.datetime) -> Resource:

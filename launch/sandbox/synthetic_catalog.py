@@ -268,8 +268,43 @@ LABS: dict[str, Lab] = {
 }
 # fmt: on
 BP_PANEL = ("85354-9", "Blood pressure panel with all children optional")
+# Some EHRs code the panel 55284-4 instead.
+BP_PANEL_ALT = ("55284-4", "Blood pressure systolic and diastolic")
 BP_SYSTOLIC = ("8480-6", "Systolic blood pressure")
 BP_DIASTOLIC = ("8462-4", "Diastolic blood pressure")
+# The same test coded with other LOINC codes, as other labs and EHR builds report it (the first of
+# each is the one in LABS). Displays are the LOINC long common names.
+_GFR = "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in"
+# fmt: off
+LOINC_VARIANTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "a1c": (("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"),
+            ("17856-6", "Hemoglobin A1c/Hemoglobin.total in Blood by HPLC")),
+    "glucose": (("2345-7", "Glucose [Mass/volume] in Serum or Plasma"),
+                ("2339-0", "Glucose [Mass/volume] in Blood")),
+    "ldl": (("18262-6", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by Direct assay"),
+            ("13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation")),
+    "egfr": (("62238-1", f"{_GFR} Serum, Plasma or Blood by Creatinine-based formula (CKD-EPI)"),
+             ("33914-3", f"{_GFR} Serum or Plasma by Creatinine-based formula (MDRD)"),
+             ("98979-8", f"{_GFR} Serum, Plasma or Blood by Creatinine-based formula (CKD-EPI 2021)")),
+    "weight": (("29463-7", "Body weight"), ("3141-9", "Body weight Measured")),
+}
+# fmt: on
+
+# A clinic laboratory's own order codes, sent as a first coding before the LOINC one.
+LOCAL_LAB_SYSTEM = "urn:oid:2.16.840.1.113883.3.9999.5.1"
+# fmt: off
+LOCAL_LAB_CODES: dict[str, tuple[str, str]] = {
+    "a1c": ("RPC-1042", "HGB A1C"), "glucose": ("RPC-1001", "GLUCOSE"),
+    "chol": ("RPC-1210", "CHOLESTEROL, TOTAL"), "ldl": ("RPC-1213", "LDL CHOLESTEROL"),
+    "hdl": ("RPC-1212", "HDL CHOLESTEROL"), "tg": ("RPC-1211", "TRIGLYCERIDES"),
+    "creatinine": ("RPC-1005", "CREATININE"), "egfr": ("RPC-1006", "EGFR"),
+    "bun": ("RPC-1004", "BUN"), "sodium": ("RPC-1002", "SODIUM"),
+    "potassium": ("RPC-1003", "POTASSIUM"), "hgb": ("RPC-1301", "HEMOGLOBIN"),
+    "wbc": ("RPC-1302", "WBC COUNT"), "plt": ("RPC-1303", "PLATELET COUNT"),
+    "uacr": ("RPC-1410", "MICROALBUMIN/CREAT RATIO, URINE"),
+}
+# fmt: on
+
 LIPID_PANEL = ("chol", "ldl", "hdl", "tg")
 BASIC_PANEL = ("glucose", "sodium", "potassium", "bun", "creatinine", "egfr")
 CBC_PANEL = ("hgb", "wbc", "plt")
@@ -405,6 +440,21 @@ ALLERGIES: tuple[Allergy, ...] = (
 )
 # fmt: on
 PEANUT_ALLERGY = Allergy(SNOMED, "762952008", "Peanut", "food", ("39579001", "Anaphylaxis"), "high")
+
+# Branded products (RxNorm SBD) some prescribers order instead of the generic (SCD) in DRUGS.
+BRANDS: dict[str, tuple[str, str]] = {
+    "atorvastatin_20": ("617318", "Lipitor 20 MG Oral Tablet"),
+    "amlodipine_5": ("212549", "Norvasc 5 MG Oral Tablet"),
+}
+
+# Past problems, no longer active: (SNOMED code, display, clinicalStatus, years ago it abated).
+# fmt: off
+PAST_PROBLEMS: tuple[tuple[str, str, str, int], ...] = (
+    ("34713006", "Vitamin D deficiency", "resolved", 2),
+    ("202882003", "Plantar fasciitis", "resolved", 4),
+    ("235595009", "Gastroesophageal reflux disease", "inactive", 3),
+)
+# fmt: on
 
 # fmt: off
 VACCINES: dict[str, tuple[str, str]] = {

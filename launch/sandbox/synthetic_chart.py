@@ -58,22 +58,22 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
         onset: dt.date,
         recorded: dt.datetime,
         visit: _Visit | None = None,
+        status: str = "active",
+        abated: dt.date | None = None,
     ) -> str:
+        """A problem-list item, or (with `visit`) that visit's resolved diagnosis."""
         cid = self._id("cond", 2)
-        resolved = visit is not None
+        if visit is not None:
+            status, abated = "resolved", visit.date + dt.timedelta(days=14)
         res: Resource = {
             "resourceType": "Condition",
             "id": cid,
             "meta": meta(recorded),
-            "clinicalStatus": _concept(
-                cat.COND_CLINICAL,
-                "resolved" if resolved else "active",
-                "Resolved" if resolved else "Active",
-            ),
+            "clinicalStatus": _concept(cat.COND_CLINICAL, status, status.capitalize()),
             "verificationStatus": _concept(cat.COND_VERIFICATION, "confirmed", "Confirmed"),
             "category": [
                 _concept(cat.COND_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis")
-                if resolved
+                if visit is not None
                 else _concept(cat.COND_CATEGORY, "problem-list-item", "Problem List Item")
             ],
             "code": _concept(cat.SNOMED, problem.code, problem.display),
@@ -82,8 +82,8 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
         if visit is not None:
             res["encounter"] = _ref("Encounter", visit.id)
         res["onsetDateTime"] = onset.isoformat()
-        if visit is not None:
-            res["abatementDateTime"] = (visit.date + dt.timedelta(days=14)).isoformat()
+        if abated is not None:
+            res["abatementDateTime"] = abated.isoformat()
         res["recordedDate"] = instant(recorded)
         res["recorder"] = _ref("Practitioner", self.plan.pcp)
         self.out["Condition"].append(res)
@@ -103,7 +103,22 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
             recorded = dt.datetime.combine(
                 max(onset, first.date - dt.timedelta(days=3650)), dt.time(10, 0), tzinfo=_TZ
             )
-            self._condition(key, problem, onset, recorded)
+            status = "remission" if key in self.remission else "active"
+            self._condition(key, problem, onset, recorded, status=status)
+        if self.plan.index % 3 == 2:  # a past problem, resolved or inactive, on the list
+            code, display, status, years = cat.PAST_PROBLEMS[(self.plan.index // 3) % 3]
+            abated = first.date - dt.timedelta(days=self.rng.randint(60, 365 * years))
+            onset = abated - dt.timedelta(days=self.rng.randint(90, 700))
+            recorded = dt.datetime.combine(onset, dt.time(10, 0), tzinfo=_TZ)
+            self.past_problems.append((display, status, abated))
+            self._condition(
+                "past",
+                cat.Problem(code, display, display.lower()),
+                onset,
+                recorded,
+                status=status,
+                abated=abated,
+            )
         for visit in self.visits:
             if visit.episode:
                 onset = visit.date - dt.timedelta(days=self.rng.randint(2, 12))
@@ -193,7 +208,13 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
     def _immunizations(self) -> None:
         plan, rng = self.plan, self.rng
         first, today = self.visits[0].date, self.today
-        for year in range(first.year, today.year + 1):
+        # Some patients always decline the flu shot: their charts hold no influenza vaccine.
+        flu_years = range(first.year, today.year + 1) if plan.index % 6 != 5 else range(0)
+        if not flu_years:
+            next(v for v in self.visits if v.kind == "annual").plan.append(
+                "Influenza vaccine offered; patient declines."
+            )
+        for year in flu_years:
             key = ("flu_140", "flu_141", "flu_150")[year % 3]
             season = [
                 v
@@ -243,6 +264,8 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
 
     def _procedures(self) -> None:
         plan, latest = self.plan, self.today - dt.timedelta(days=2)
+        if plan.index % 10 == 4:  # charts with no Procedure at all (the EHR records none)
+            return
         age = _age(plan.birth_date, self.today)
         annuals = [v for v in self.visits if v.kind == "annual"]
         for visit in annuals:
@@ -332,10 +355,32 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
             "issued": instant(issued),
         }
 
-    def _observation(self, visit: _Visit, lab: cat.Lab, value: float) -> Resource:
-        res = self._observation_base(
-            visit, lab.category, _concept(cat.LOINC, lab.loinc, lab.display)
-        )
+    def _lab_source(self, day: dt.date) -> int:
+        """Which of three reference labs resulted the patient's tests on `day`.
+
+        Each lab codes some tests with its own LOINC variant (`cat.LOINC_VARIANTS`); the third
+        also sends its local order code first. Every fourth patient moves to the next lab midway.
+        """
+        source = self.plan.index % 3
+        middle = self.visits[len(self.visits) // 2].date
+        return (source + 1) % 3 if self.plan.index % 4 == 0 and day >= middle else source
+
+    def _lab_code(self, key: str, lab: cat.Lab, day: dt.date) -> Resource:
+        source = self._lab_source(day)
+        variants = cat.LOINC_VARIANTS.get(key, ((lab.loinc, lab.display),))
+        code, display = variants[source % len(variants)]
+        concept = _concept(cat.LOINC, code, display)
+        local = cat.LOCAL_LAB_CODES.get(key)
+        if source == 2 and local is not None:
+            concept["coding"].insert(
+                0, {"system": cat.LOCAL_LAB_SYSTEM, "code": local[0], "display": local[1]}
+            )
+            concept["text"] = lab.label
+        return concept
+
+    def _observation(self, visit: _Visit, key: str, value: float) -> Resource:
+        lab = cat.LABS[key]
+        res = self._observation_base(visit, lab.category, self._lab_code(key, lab, visit.date))
         res["valueQuantity"] = _quantity(value, lab.unit)
         if lab.low is not None or lab.high is not None:
             flag = "N"
@@ -358,7 +403,7 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
         result = _rounded(raw, lab.decimals)
         visit.values[key] = result
         self.history.setdefault(key, []).append((visit.date, result))
-        self.out["Observation"].append(self._observation(visit, lab, result))
+        self.out["Observation"].append(self._observation(visit, key, result))
         return result
 
     def _vitals(self, visit: _Visit) -> None:
@@ -366,7 +411,10 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
         diastolic = _rounded(systolic * 0.56 + self.rng.uniform(4, 12), 0)
         visit.values |= {"sbp": systolic, "dbp": diastolic}
         self.history.setdefault("sbp", []).append((visit.date, systolic))
-        panel = self._observation_base(visit, "vital-signs", _concept(cat.LOINC, *cat.BP_PANEL))
+        number = int(visit.id.rsplit("-", 1)[-1])
+        # Some EHR builds code the panel 55284-4; every fourth visit's panel here does.
+        panel_code = cat.BP_PANEL_ALT if number % 4 == 1 else cat.BP_PANEL
+        panel = self._observation_base(visit, "vital-signs", _concept(cat.LOINC, *panel_code))
         panel["component"] = [
             {
                 "code": _concept(cat.LOINC, *cat.BP_SYSTOLIC),
@@ -378,7 +426,7 @@ class _ChartBuilder(_ChartNotes, _ChartMedications):
             },
         ]
         # Real EHRs list BP components in either order; every third panel here lists diastolic first.
-        if visit.id and int(visit.id.rsplit("-", 1)[-1]) % 3 == 0:
+        if number % 3 == 0:
             panel["component"].reverse()
         self.out["Observation"].append(panel)
         self._measure(visit, "hr")

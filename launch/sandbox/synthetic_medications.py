@@ -205,12 +205,28 @@ class _ChartMedications(_ChartBase):
         }
         if status == "stopped" and course.stop_reason:
             order["statusReason"] = {"text": course.stop_reason}
-        if self.counts["medrx"] % 5 == 3:
-            order["medicationReference"] = _ref("Medication", f"med-rx{drug.rxcui}", drug.display)
-            if (drug.rxcui, drug.display) not in self.referenced_medications:
-                self.referenced_medications.append((drug.rxcui, drug.display))
+        # Some prescribers order the brand (RxNorm SBD) rather than the generic (SCD).
+        rxcui, display = drug.rxcui, drug.display
+        if course.drug in cat.BRANDS and self.plan.index % 2 == 1:
+            rxcui, display = cat.BRANDS[course.drug]
+        # Real EHRs name the drug three ways: a codeable concept, a reference to a Medication
+        # resource, or a reference to a Medication contained in the order.
+        form = self.counts["medrx"] % 5
+        if form == 3:
+            order["medicationReference"] = _ref("Medication", f"med-rx{rxcui}", display)
+            if (rxcui, display) not in self.referenced_medications:
+                self.referenced_medications.append((rxcui, display))
+        elif form == 1:
+            contained = {
+                "resourceType": "Medication",
+                "id": "m1",
+                "code": _concept(cat.RXNORM, rxcui, display),
+            }
+            head = {k: order.pop(k) for k in ("resourceType", "id", "meta")}
+            order = head | {"contained": [contained]} | order  # contained follows meta
+            order["medicationReference"] = {"reference": "#m1", "display": display}
         else:
-            order["medicationCodeableConcept"] = _concept(cat.RXNORM, drug.rxcui, drug.display)
+            order["medicationCodeableConcept"] = _concept(cat.RXNORM, rxcui, display)
         order |= {
             "subject": self.patient_ref,
             "encounter": _ref("Encounter", visit.id),

@@ -68,6 +68,8 @@ class _ChartNotes(_ChartMedications):
                 text += f": eGFR {egfr[1]} mL/min/1.73m2 on {egfr[0]}" if egfr else ""
             elif key == "depression" and "phq9" in values:
                 text += f": PHQ-9 score {values['phq9']}"
+                if key in self.remission and values["phq9"] < 5:
+                    text += ", in remission on maintenance treatment"
             elif key == "obesity" and "bmi" in values:
                 text += f": BMI {values['bmi']} kg/m2; diet and exercise counseling"
             elif key == "asthma":
@@ -117,6 +119,10 @@ class _ChartNotes(_ChartMedications):
                 f"- {cat.PROBLEMS[k].display if k in cat.PROBLEMS else plan.distinctive.condition.display}"
                 f" (since {self.onsets[k].year})"
                 for k in [*self.problems, "distinctive"]
+            ]
+            past += [
+                f"- {display} ({status} since {abated.year})"
+                for display, status, abated in self.past_problems
             ]
             sections.append(("Past medical history", "\n".join(past)))
             sections.append(
@@ -191,10 +197,12 @@ class _ChartNotes(_ChartMedications):
         )
         text = self._note_text(visit, i, title)
         # Real EHRs send notes as plain text, Markdown, HTML, Latin-1 text or PDF, inline or in a
-        # Binary; every seventh note of each kind cycles through them.
+        # Binary; each patient's notes cycle through them.
         doc_id = self._id("doc")
         n = self.counts["doc"]
         style = NOTE_STYLES[n % len(NOTE_STYLES)]
+        if i == len(self.visits) - 1:  # the latest note: Markdown headings or Label: lines
+            style = ("latin1", "plain", "markdown", style)[self.plan.index % 4]
         content_type, raw = render(text, style)
         data = base64.b64encode(raw).decode("ascii")
         written = visit.moment + dt.timedelta(minutes=90)

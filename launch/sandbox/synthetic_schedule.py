@@ -90,6 +90,10 @@ class _ChartBase:
         self.courses: list[_Course] = []
         self.renewals: dict[int, list[str]] = {}
         self.allergies: list[cat.Allergy] = []
+        self.past_problems: list[tuple[str, str, dt.date]] = []  # display, status, abated
+        # Depression treated to remission stays on the list as "remission" (on maintenance).
+        remits = "depression" in plan.problems and plan.index % 8 == 0
+        self.remission = {"depression"} if remits else set()  # Conditions in "remission"
         self.out: dict[str, list[Resource]] = {t: [] for t in _ORDER}
 
     @property
@@ -236,7 +240,7 @@ class _ChartBase:
         put("wbc", u(5.0, 8.5), None, 0.8)
         put("plt", u(190, 330), None, 25)
         put("uacr", u(60, 180) if ckd else u(8, 25), None, 5)
-        put("phq9", u(14, 18), u(4, 7), 1.2, changes["dep"])
+        put("phq9", u(14, 18), u(1, 3) if self.remission else u(4, 7), 1.2, changes["dep"])
         put("phq2", 0.4, None, 0.45)
         put("hr", u(72, 92) if plan.distinctive.key == "afib" else u(62, 84), None, 5)
         put("rr", 15, None, 2.4)

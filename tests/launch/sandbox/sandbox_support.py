@@ -177,6 +177,17 @@ def build_resources() -> list[dict[str, Any]]:
     return resources
 
 
+def drug_concept(order: dict[str, Any], by_key: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An order's drug: inline, in a contained Medication (``#m1``) or a Medication resource."""
+    if "medicationCodeableConcept" in order:
+        return order["medicationCodeableConcept"]  # type: ignore[no-any-return]
+    ref = order["medicationReference"]["reference"]
+    if ref.startswith("#"):
+        med = next(c for c in order["contained"] if c["id"] == ref[1:])
+        return med["code"]  # type: ignore[no-any-return]
+    return by_key[ref]["code"]  # type: ignore[no-any-return]
+
+
 @contextmanager
 def serve(build_app: Callable[[str], Any]) -> Iterator[str]:
     """Run ``build_app(origin)`` under uvicorn on a free loopback port; yield the origin URL."""

@@ -16,12 +16,13 @@ from launch.sandbox.synthetic import (
     generate_patients,
     plan_patients,
 )
+from tests.launch.sandbox.sandbox_support import drug_concept
 
 Resource = dict[str, Any]
 
 TODAY = dt.date(2025, 6, 1)
 SHARED_TYPES = {"Practitioner", "Organization", "Medication"}
-LOINC_A1C = "4548-4"
+LOINC_A1C = ("4548-4", "17856-6")
 SNOMED_T2DM = "44054006"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 METFORMIN = "860975"
@@ -55,10 +56,7 @@ def charts(resources: list[Resource]) -> dict[str, list[Resource]]:
 
 
 def drug_code(res: Resource, by_key: dict[str, Resource]) -> str:
-    concept = (
-        res.get("medicationCodeableConcept")
-        or by_key[res["medicationReference"]["reference"]]["code"]
-    )
+    concept = drug_concept(res, by_key)
     coding = concept["coding"][0]
     assert coding["system"] == RXNORM
     return coding["code"]
@@ -76,8 +74,12 @@ def a1c_series(chart: list[Resource]) -> list[tuple[str, float]]:
     return sorted(
         (r["effectiveDateTime"], r["valueQuantity"]["value"])
         for r in chart
-        if r["resourceType"] == "Observation" and r["code"]["coding"][0]["code"] == LOINC_A1C
+        if r["resourceType"] == "Observation" and loinc(r) in LOINC_A1C
     )
+
+
+def loinc(obs: Resource) -> str:
+    return next(c["code"] for c in obs["code"]["coding"] if c["system"] == "http://loinc.org")
 
 
 def test_same_arguments_give_identical_resources(resources: list[Resource]) -> None:
@@ -132,7 +134,15 @@ def test_every_reference_points_at_a_generated_resource(
             return [ref for item in node for ref in references(item)]
         return []
 
-    missing = {ref for res in resources for ref in references(res) if ref not in by_key}
+    def local(ref: str, res: Resource) -> bool:
+        return ref.startswith("#") and any(c["id"] == ref[1:] for c in res.get("contained", []))
+
+    missing = {
+        ref
+        for res in resources
+        for ref in references(res)
+        if ref not in by_key and not local(ref, res)
+    }
     assert not missing
 
 
@@ -245,9 +255,7 @@ def test_observations_carry_loinc_ucum_category_and_encounter(resources: list[Re
     }
     seen = set()
     for obs in (r for r in resources if r["resourceType"] == "Observation"):
-        coding = obs["code"]["coding"][0]
-        seen.add(coding["code"])
-        assert coding["system"] == "http://loinc.org"
+        seen.add(loinc(obs))
         category = obs["category"][0]["coding"][0]
         assert category["system"] == "http://terminology.hl7.org/CodeSystem/observation-category"
         assert category["code"] in ("laboratory", "vital-signs", "survey")
@@ -259,7 +267,7 @@ def test_observations_carry_loinc_ucum_category_and_encounter(resources: list[Re
         )
         for quantity in quantities:
             assert quantity["system"] == "http://unitsofmeasure.org"
-        if coding["code"] == "85354-9":
+        if loinc(obs) in ("85354-9", "55284-4"):
             order = [c["code"]["coding"][0]["code"] for c in obs["component"]]
             assert sorted(order) == ["8462-4", "8480-6"]
             bp_orders.add(tuple(order))
@@ -299,7 +307,7 @@ def test_some_orders_point_at_medication_resources(
     resources: list[Resource], by_key: dict[str, Resource]
 ) -> None:
     orders = [r for r in resources if r["resourceType"] == "MedicationRequest"]
-    referenced = [o for o in orders if "medicationReference" in o]
+    referenced = [o for o in orders if "medicationReference" in o and "contained" not in o]
     assert 0.12 <= len(referenced) / len(orders) <= 0.3
     for order in referenced:
         assert "medicationCodeableConcept" not in order
@@ -395,7 +403,12 @@ def test_conditions_allergies_immunizations_procedures_use_standard_codes(
             concept = res.get("code") or res["vaccineCode"]
             assert concept["coding"][0]["system"] in systems[res["resourceType"]]
     conditions = [r for r in resources if r["resourceType"] == "Condition"]
-    assert {c["clinicalStatus"]["coding"][0]["code"] for c in conditions} == {"active", "resolved"}
+    assert {c["clinicalStatus"]["coding"][0]["code"] for c in conditions} == {
+        "active",
+        "resolved",
+        "inactive",
+        "remission",
+    }
     assert all(c["verificationStatus"]["coding"][0]["code"] == "confirmed" for c in conditions)
     allergies = [r for r in resources if r["resourceType"] == "AllergyIntolerance"]
     assert all(a["reaction"][0]["manifestation"] and a["criticality"] for a in allergies)
