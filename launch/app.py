@@ -21,6 +21,7 @@ from launch import logs
 from launch.db import Database, create_engine, open_database, require_migrated
 from launch.settings import Settings
 from rag import load_embedder
+from rag.concepts import lexicon
 from smart_app import (
     AppConfig,
     AppState,
@@ -105,6 +106,7 @@ def create_app(
             await require_migrated(engine)
             embedder = load_embedder(settings.resolved_model_dir, threads=settings.embed_threads)
             warm_up()
+            lexicon()  # parse and compile the clinical lexicon before the first question
             await validator.start()
             cipher = TokenCipher.from_b64(token_key(settings))
             async with httpx2.AsyncClient(timeout=settings.http_timeout_seconds) as http:

@@ -1,5 +1,10 @@
-"""Answer a question about one patient: intent → structured facts + hybrid retrieval → compose →
-validate citations → persist. Extractive (no LLM) in this module.
+"""Answer a question about one patient: intent → concepts resolved against this chart's own codes →
+structured facts (+ hybrid retrieval for narrative questions) → compose → validate citations →
+persist. Extractive (no LLM) in this module.
+
+A question that names something (a lab, a drug, a vaccine group) is answered from exactly what it
+names; when the chart has none of it, the answer cites nothing of that type and says what was looked
+for. It never falls back to "everything of that type".
 """
 
 from __future__ import annotations
@@ -7,74 +12,98 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import replace
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhir_adapters import AccessFilter, existing_refs, fact_codes, list_facts
+from fhir_adapters import AccessFilter, existing_refs, get_resource, list_facts
 from rag import compose
 from rag import repository as repo
 from rag.answer import AnswerBody, CitationInfo, Statement
 from rag.citations import cited_refs, validate_statements
+from rag.concepts import KIND_NOUN, Entry, Lexicon, chart_codes, lexicon, similar_concepts
 from rag.embeddings import Embedder
-from rag.intents import KIND_TYPES, Intent, match_displays, parse_question
+from rag.intents import ENTRY_KIND, KIND_TYPES, Intent, parse_question
 
-VITAL_CODES = frozenset(
-    {"85354-9", "55284-4", "8480-6", "8462-4", "39156-5", "29463-7", "8302-2", "8867-4"}
-)
-
-
-NAMED_KINDS = {
-    "medications": "MedicationRequest",
-    "conditions": "Condition",
-    "allergies": "AllergyIntolerance",
-    "immunizations": "Immunization",
-    "procedures": "Procedure",
-}
+#: all-MiniLM-L6-v2 cosine between a mention and a concept text that names the same thing
+#: ("potassium level" ~ "Observation: Potassium [Moles/volume] in Serum or Plasma" ≈ 0.7); unrelated
+#: clinical concepts score below ~0.55.
+CONCEPT_SIMILARITY = 0.7
+_STRUCTURED = ("labs", "vitals", "medications", "conditions", "allergies", "immunizations")
+_STRUCTURED += ("procedures", "encounters")
 
 
-def latest_per_code(facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The most recent fact of each code (facts arrive oldest first)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for f in facts:
-        latest[f.get("code") or f["id"]] = f
-    return list(latest.values())
+@dataclass
+class Resolution:
+    """What the question's names are in this chart, per kind."""
+
+    #: kind → code → group label (the lexicon entry's label, else the chart display).
+    named: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    #: (kind, what was looked for) that matched nothing in this chart.
+    missing: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def _observations(
-    conn: AsyncConnection, access: AccessFilter, question: str, intent: Intent
-) -> list[dict[str, Any]]:
-    """Lab/vital facts the question names (by concept or display words), else the latest of each."""
-    codes = set(intent.lab_codes)
-    codes |= match_displays(question, await fact_codes(conn, access, "Observation"))
-    if not codes:
-        facts = await list_facts(
-            conn, access, "Observation", since=intent.since, until=intent.until
-        )
-        want_vitals, want_labs = "vitals" in intent.kinds, "labs" in intent.kinds
-        facts = [
-            f
-            for f in facts
-            if (f.get("code") in VITAL_CODES) == want_vitals or (want_labs and want_vitals)
-        ]
-        return latest_per_code(facts)
-    facts = await list_facts(
-        conn, access, "Observation", codes=sorted(codes), since=intent.since, until=intent.until
-    )
-    return latest_per_code(facts) if intent.latest else facts
+def _rows_for(lex: Lexicon, entry: Entry, codes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in codes
+        if r["code"]
+        and lex.covers(entry, r["resource_type"], r["code_system"], r["code"], r["display"] or "")
+    ]
 
 
-async def _named(conn: AsyncConnection, access: AccessFilter, question: str) -> dict[str, set[str]]:
-    """Chart items the question names by their display words (``warfarin``, ``sarcoidosis``)."""
-    named: dict[str, set[str]] = {}
-    for kind, rtype in NAMED_KINDS.items():
-        if access.allows(rtype) and (
-            codes := match_displays(question, await fact_codes(conn, access, rtype))
-        ):
-            named[kind] = codes
-    return named
+async def _resolve(
+    conn: AsyncConnection,
+    embedder: Embedder,
+    access: AccessFilter,
+    intent: Intent,
+    lex: Lexicon,
+    codes: list[dict[str, Any]],
+) -> Resolution:
+    res = Resolution()
+    for m in intent.mentions:
+        kind = ENTRY_KIND[m.entry.kind]
+        rows = _rows_for(lex, m.entry, codes)
+        if not rows:
+            noun, label = KIND_NOUN[m.entry.kind], m.entry.label
+            res.missing.append((kind, label if label.endswith(noun) else f"{label} {noun}"))
+            continue
+        for r in rows:
+            claimed = lex.claim(r["resource_type"], r["code_system"], r["code"], r["display"] or "")
+            group = lex.entries.get(claimed or "", m.entry)
+            res.named[kind][r["code"]] = group.label if group.kind != "panel" else r["display"]
+    if intent.mentions or not intent.words:
+        return res
+    # Words the lexicon does not know ("sarcoidosis"): the chart's own displays, then similarity.
+    kinds = [k for k in intent.kinds if k in _STRUCTURED] or list(_STRUCTURED)
+    types = {KIND_TYPES[k] for k in kinds}
+    words = set(intent.words)
+    scored = [
+        (len(words & compose.display_words(r["display"] or "")), r)
+        for r in codes
+        if r["resource_type"] in types and r["code"]
+    ]
+    best = max((s for s, _ in scored), default=0)
+    hits = [r for s, r in scored if s == best and s > 0]
+    if not hits:
+        qvec = (await asyncio.to_thread(embedder.embed, [" ".join(intent.words)]))[0]
+        similar = {
+            t.split(": ", 1)[-1]
+            for t, _ in await similar_concepts(
+                conn, access, qvec, sorted(types), threshold=CONCEPT_SIMILARITY
+            )
+        }
+        hits = [r for r in codes if r["resource_type"] in types and r["display"] in similar]
+    for r in hits:
+        kind = next(k for k in kinds if KIND_TYPES[k] == r["resource_type"])
+        res.named[kind][r["code"]] = r["display"] or r["code"]
+    if not hits and set(kinds) != set(_STRUCTURED):
+        for k in kinds:
+            res.missing.append((k, " ".join(intent.words) + " " + compose.KIND_NOUN[k]))
+    return res
 
 
 async def answer_question(
@@ -93,83 +122,144 @@ async def answer_question(
     """
     started = time.perf_counter()
     now = now or datetime.now(UTC)
-    intent = parse_question(question, now)
+    lex = lexicon()
+    intent = parse_question(question, now, lex)
     window = compose.window_text(intent)
-    named = await _named(conn, access, question)
-    intent = replace(intent, kinds=intent.kinds | named.keys())
+    codes = await chart_codes(conn, access)
+    res = await _resolve(conn, embedder, access, intent, lex, codes)
+    missing_kinds = {k for k, _ in res.missing}
+    kinds = set(intent.kinds) | set(res.named)
+    if (
+        "labs" in kinds
+        and "vitals" in kinds
+        and res.named.get("vitals")
+        and not res.named.get("labs")
+    ):
+        kinds.discard("labs")  # "BP results": the vital, not every lab
 
-    denied = sorted(k for k in intent.kinds if not access.allows(KIND_TYPES[k]))
-    wanted = [k for k in sorted(intent.kinds) if k not in denied]
+    denied = sorted(k for k in kinds if not access.allows(KIND_TYPES[k]))
+    wanted = [k for k in sorted(kinds) if k not in denied]
     statements: list[Statement] = []
     evidence: dict[str, CitationInfo] = {}
+    empty_kinds: list[str] = []
 
     def cite(facts: list[dict[str, Any]]) -> None:
         for f in facts:
             evidence[compose.ref(f["resource_type"], f["id"])] = compose.citation_for_fact(f)
 
-    qvec_task = asyncio.ensure_future(asyncio.to_thread(embedder.embed, [question]))
-    empty_kinds: list[str] = []
-    if "labs" in wanted or "vitals" in wanted:
-        facts = await _observations(conn, access, question, intent)
-        cite(facts)
-        statements += compose.lab_statements(facts, window)
-        if not facts:
-            empty_kinds.append("labs")
-    for kind in wanted:
-        if kind in ("labs", "vitals", "notes"):
-            continue
-        rtype = KIND_TYPES[kind]
-        windowed = kind in ("encounters", "procedures", "immunizations")
-        facts = await list_facts(
+    async def facts_of(kind: str, windowed: bool = True) -> list[dict[str, Any]] | None:
+        """The facts a kind's part of the answer rests on; ``None``: named, but not in this chart."""
+        named = res.named.get(kind) or (res.named.get("labs") if kind == "vitals" else None)
+        if not named and kind in missing_kinds:
+            return None
+        return await list_facts(
             conn,
             access,
-            rtype,
+            KIND_TYPES[kind],
+            codes=sorted(named) if named else None,
             since=intent.since if windowed else None,
             until=intent.until if windowed else None,
-            codes=sorted(named[kind]) if kind in named else None,
+            limit=2000,
         )
-        if intent.latest:
-            facts = (
-                ([f for f in facts if f.get("status") == "active"] or facts)
-                if kind == "medications"
-                else facts[-1:]
+
+    observations_done = False
+    for kind in wanted:
+        if kind in ("notes", "patient"):
+            continue
+        if kind in ("labs", "vitals"):
+            if observations_done:
+                continue
+            observations_done = True
+            obs_kinds = {k for k in ("labs", "vitals") if k in wanted}
+            named = {**res.named.get("labs", {}), **res.named.get("vitals", {})}
+            if not named and obs_kinds <= missing_kinds:
+                continue
+            facts = await list_facts(
+                conn,
+                access,
+                "Observation",
+                codes=sorted(named) if named else None,
+                since=intent.since,
+                until=intent.until,
+                limit=5000,
             )
-        cite(facts)
-        if kind == "medications":
-            statements += compose.medication_statements(facts)
+            if not named:
+                facts = compose.by_category(facts, obs_kinds)
+            chosen, stmts = compose.observation_statements(facts, named, intent, window)
         else:
-            statements += compose.simple_statements(facts)
-        if not facts:
+            # A window belongs to medications/problems only when they are all that was asked
+            # ("HbA1c over 18 months, and which medications were prescribed": every order).
+            alone = len([k for k in wanted if k not in ("notes", "patient")]) == 1
+            windowed = kind in ("encounters", "procedures", "immunizations") or (
+                alone and kind in ("medications", "conditions")
+            )
+            facts = await facts_of(kind, windowed=windowed)
+            if facts is None:
+                continue
+            chosen, stmts = compose.kind_statements(
+                kind, facts, res.named.get(kind, {}), intent, window
+            )
+        cite(chosen)
+        statements += stmts
+        if not chosen and kind not in missing_kinds:
             empty_kinds.append(kind)
 
-    qvec = (await qvec_task)[0]
-    hits = await repo.hybrid_search(conn, access, query_vector=qvec, terms=intent.terms)
-    for h in hits:
-        evidence.setdefault(
-            compose.ref(h.resource_type, h.resource_id),
-            CitationInfo(
-                resource_type=h.resource_type,
-                id=h.resource_id,
-                display=h.text[:120],
-                date=h.date.date().isoformat() if h.date else None,
-            ),
-        )
-    if "notes" in wanted:
-        statements += compose.note_statements(hits, intent.terms, latest=intent.latest)
-    elif not wanted and not denied:
-        statements += compose.hit_statements(hits, intent.terms)
+    if "patient" in wanted:
+        patient = await get_resource(conn, access, "Patient", access.patient_id)
+        if patient is not None:
+            stmts = compose.patient_statements(patient, intent.patient_fields, now)
+            evidence[f"Patient/{access.patient_id}"] = CitationInfo(
+                resource_type="Patient", id=access.patient_id, display="Patient"
+            )
+            statements += stmts
+
+    narrative = "notes" in wanted and not (intent.latest or intent.section)
+    if "notes" in wanted and not narrative:
+        notes = await list_facts(conn, access, "DocumentReference", limit=5000)
+        chosen, stmts = compose.latest_note_statements(notes, intent)
+        cite(chosen)
+        statements += stmts
+        if not chosen:
+            empty_kinds.append("notes")
+    if narrative or (not wanted and not denied and not res.missing):
+        qvec = (await asyncio.to_thread(embedder.embed, [question]))[0]
+        hits = await repo.hybrid_search(conn, access, query_vector=qvec, terms=intent.terms)
+        for h in hits:
+            evidence.setdefault(
+                compose.ref(h.resource_type, h.resource_id),
+                CitationInfo(
+                    resource_type=h.resource_type,
+                    id=h.resource_id,
+                    display=h.text[:120],
+                    date=h.date.date().isoformat() if h.date else None,
+                ),
+            )
+        if narrative:
+            statements += compose.note_statements(hits, intent.terms)
+        else:
+            statements += compose.hit_statements(hits, intent.terms)
 
     stored = await existing_refs(conn, access, cited_refs(statements))
     checked = validate_statements(
         statements, retrieved=set(evidence), stored=stored, allowed_types=access.resource_types
     )
     kept = checked.kept
+    if intent.exists and res.named and any(s.kind == "fact" for s in kept):
+        first = next(i for i, s in enumerate(kept) if s.kind == "fact")
+        kept[first] = Statement(text="Yes: " + kept[first].text, citations=kept[first].citations)
     if denied:
         kept.append(compose.access_notice(denied))
+    for _, looked_for in res.missing:
+        kept.append(compose.missing_notice(looked_for, window))
     if empty_kinds:
         kept.append(compose.empty_notice(empty_kinds, window))
-    if not any(s.kind == "fact" for s in kept) and not denied and not empty_kinds:
-        kept.append(compose.empty_notice([], window))
+    if (
+        not any(s.kind == "fact" for s in kept)
+        and not denied
+        and not empty_kinds
+        and not res.missing
+    ):
+        kept.append(compose.empty_notice([], window, intent.words))
     if chart_notice:
         kept.append(Statement(kind="notice", text=chart_notice))
 

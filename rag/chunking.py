@@ -42,13 +42,11 @@ def fmt_date(value: datetime | None) -> str:
 
 
 def fmt_number(value: float) -> str:
-    """Clinical display: ``7.0`` (small values keep a decimal), ``0.85``, ``142``, ``23.4``."""
+    """A number as recorded, never rounded: ``142`` (whole values from 20 up), ``7.0``, ``0.85``,
+    ``142.56``."""
     if value == int(value) and abs(value) >= 20:
         return str(int(value))
-    if abs(value) < 10:
-        text = f"{value:.2f}".rstrip("0")
-        return text + "0" if text.endswith(".") else text
-    return f"{value:.1f}"
+    return repr(float(value))
 
 
 SYSTOLIC, DIASTOLIC = "8480-6", "8462-4"

@@ -12,7 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from rag.answer import CitationInfo, Statement
-from rag.chunking import components, fact_sentence, fact_value, fmt_date, fmt_number
+from rag.chunking import (
+    components,
+    fact_sentence,
+    fact_value,
+    fmt_date,
+    split_sections,
+)
 from rag.intents import Intent
 from rag.repository import Hit
 
@@ -26,7 +32,27 @@ KIND_LABEL = {
     "notes": "Clinical notes",
     "labs": "Lab results",
     "vitals": "Vital signs",
+    "patient": "Patient details",
 }
+#: What a missing item of a kind is called in a notice.
+KIND_NOUN = {
+    "medications": "prescription",
+    "conditions": "diagnosis",
+    "allergies": "allergy",
+    "immunizations": "immunization",
+    "procedures": "procedure",
+    "encounters": "encounter",
+    "notes": "note",
+    "labs": "result",
+    "vitals": "measurement",
+}
+_ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
+_RESOLVED_CONDITION = frozenset({"resolved", "inactive", "remission"})
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def display_words(display: str) -> set[str]:
+    return set(_WORD.findall(display.lower()))
 
 
 def ref(resource_type: str, resource_id: str) -> str:
@@ -59,13 +85,16 @@ def trend_word(first: float, last: float) -> str:
     return "increasing" if change > 0 else "decreasing"
 
 
-def lab_statements(facts: Sequence[dict[str, Any]], window_text: str) -> list[Statement]:
-    """One statement per result (value + date, citing it) and a trend statement per test."""
+def lab_statements(
+    facts: Sequence[dict[str, Any]], window_text: str, *, name: str | None = None
+) -> list[Statement]:
+    """One statement per result (value + date, citing it) and a trend statement per test
+    (``name``: one series under that name, e.g. HbA1c recorded under two LOINC codes)."""
     by_test: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for f in facts:
-        by_test[f.get("display") or f.get("code") or "Result"].append(f)
+        by_test[name or f.get("display") or f.get("code") or "Result"].append(f)
     out: list[Statement] = []
-    for name, series in by_test.items():
+    for test, series in by_test.items():
         series = sorted(series, key=lambda f: (f.get("date") is None, f.get("date"), f["id"]))
         for f in series:
             value = fact_value(f)
@@ -73,59 +102,26 @@ def lab_statements(facts: Sequence[dict[str, Any]], window_text: str) -> list[St
                 continue
             out.append(
                 Statement(
-                    text=f"{name}: {value} on {fmt_date(f.get('date'))}.",
+                    text=f"{test}: {value} on {fmt_date(f.get('date'))}.",
                     citations=[ref("Observation", f["id"])],
                 )
             )
         numeric = [(f, v) for f in series if (v := _primary_value(f)) is not None]
         if len(numeric) >= 2:
             (f0, v0), (f1, v1) = numeric[0], numeric[-1]
-            unit = (components(f0) or [{}])[0].get("unit") or f0.get("unit") or ""
+            paired = len(components(f0)) >= 2  # blood pressure: the trend follows systolic
+            word = trend_word(v0, v1) + (" (systolic)" if paired else "")
             out.append(
                 Statement(
                     text=(
-                        f"{name} trend{window_text}: {trend_word(v0, v1)}, from {fmt_number(v0)} {unit} "
-                        f"on {fmt_date(f0.get('date'))} to {fmt_number(v1)} {unit} on "
+                        f"{test} trend{window_text}: {word}, from {fact_value(f0)} on "
+                        f"{fmt_date(f0.get('date'))} to {fact_value(f1)} on "
                         f"{fmt_date(f1.get('date'))} across {len(numeric)} results."
                     ).replace("  ", " "),
                     citations=[ref("Observation", f["id"]) for f, _ in numeric],
                 )
             )
     return out
-
-
-_STATUS_ORDER = {"active": 0, "on-hold": 1, "draft": 2, "stopped": 3, "completed": 4}
-
-
-def medication_statements(facts: Sequence[dict[str, Any]]) -> list[Statement]:
-    ordered = sorted(
-        facts,
-        key=lambda f: (
-            _STATUS_ORDER.get(f.get("status") or "", 5),
-            -(f["date"].timestamp() if f.get("date") else 0),
-            f["id"],
-        ),
-    )
-    out = []
-    for f in ordered:
-        dose = f.get("detail", {}).get("dosage")
-        out.append(
-            Statement(
-                text=(
-                    f"{f.get('display') or 'Unnamed medication'} — {f.get('status') or 'unknown status'}; "
-                    f"prescribed {fmt_date(f.get('date'))}" + (f" ({dose})" if dose else "") + "."
-                ),
-                citations=[ref("MedicationRequest", f["id"])],
-            )
-        )
-    return out
-
-
-def simple_statements(facts: Sequence[dict[str, Any]]) -> list[Statement]:
-    return [
-        Statement(text=fact_sentence(f) + ".", citations=[ref(f["resource_type"], f["id"])])
-        for f in sorted(facts, key=lambda f: (f.get("date") is None, f.get("date"), f["id"]))
-    ]
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -145,19 +141,10 @@ def best_sentence(text: str, terms: Sequence[str]) -> str:
     return best if len(best) <= 400 else best[:397] + "..."
 
 
-def note_statements(
-    hits: Sequence[Hit], terms: Sequence[str], limit: int = 3, *, latest: bool = False
-) -> list[Statement]:
-    """Quote the best sentence of the top note chunks that matched the question's words
-    (with ``latest``, only the most recent matching note)."""
+def note_statements(hits: Sequence[Hit], terms: Sequence[str], limit: int = 3) -> list[Statement]:
+    """Quote the best sentence of the top note chunks that matched the question's words."""
     out: list[Statement] = []
     seen: set[str] = set()
-    if latest:
-        dated = [
-            h for h in hits if h.kind == "note" and h.fts_rank is not None and h.date is not None
-        ]
-        hits = sorted(dated, key=lambda h: (h.date, h.score), reverse=True)
-        limit = 1
     for h in hits:
         if h.kind != "note" or h.resource_id in seen or h.fts_rank is None:
             continue
@@ -208,8 +195,10 @@ def access_notice(kinds: Sequence[str]) -> Statement:
     )
 
 
-def empty_notice(kinds: Sequence[str], window_text: str) -> Statement:
-    labels = ", ".join(KIND_LABEL[k].lower() for k in kinds) or "matching data"
+def empty_notice(kinds: Sequence[str], window_text: str, words: Sequence[str] = ()) -> Statement:
+    labels = ", ".join(KIND_LABEL[k].lower() for k in kinds) or (
+        f'"{" ".join(words)}"' if words else "matching data"
+    )
     return Statement(
         kind="notice", text=f"No {labels} found in this patient's synced record{window_text}."
     )
@@ -221,3 +210,306 @@ def window_text(intent: Intent) -> str:
     if intent.since:
         return f" since {fmt_date(intent.since)}"
     return ""
+
+
+def _by_date(facts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(facts, key=lambda f: (f.get("date") is None, f.get("date"), f["id"]))
+
+
+def _pick(series: list[dict[str, Any]], op: str | None) -> list[dict[str, Any]]:
+    """The items an operator selects from a date-ordered series (all of them without one)."""
+    if not series or op is None:
+        return series
+    if op == "latest":
+        return series[-1:]
+    if op == "first":
+        return series[:1]
+    valued = [(f, v) for f in series if (v := _primary_value(f)) is not None]
+    if not valued:
+        return series[-1:]
+    pick = max if op == "highest" else min
+    target = pick(v for _, v in valued)
+    return [f for f, v in valued if v == target][-1:]
+
+
+def by_category(facts: Sequence[dict[str, Any]], kinds: set[str]) -> list[dict[str, Any]]:
+    """Unnamed "labs"/"vitals": the latest result of each code of the asked category."""
+    if kinds == {"vitals"}:
+        facts = [f for f in facts if f.get("category") == "vital-signs"]
+    elif kinds == {"labs"}:
+        facts = [f for f in facts if f.get("category") != "vital-signs"]
+    return latest_per_code(facts)
+
+
+def latest_per_code(facts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for f in _by_date(facts):
+        latest[f.get("code") or f["id"]] = f
+    return list(latest.values())
+
+
+_OP_WORD = {"latest": "most recent", "first": "first", "highest": "highest", "lowest": "lowest"}
+
+
+def observation_statements(
+    facts: Sequence[dict[str, Any]], named: dict[str, str], intent: Intent, window: str
+) -> tuple[list[dict[str, Any]], list[Statement]]:
+    """Lab and vital results: per named concept, what the operator selects (every value and a
+    trend without one); unnamed questions get the latest result of each code."""
+    if not named:
+        return list(facts), lab_statements(facts, window)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for f in _by_date(facts):
+        groups[named.get(f.get("code") or "", f.get("display") or "Result")].append(f)
+    chosen: list[dict[str, Any]] = []
+    out: list[Statement] = []
+    for label, series in groups.items():
+        if intent.count:
+            chosen += series
+            out.append(
+                Statement(
+                    text=f"{label}: {len(series)} result{'s' * (len(series) != 1)}{window}.",
+                    citations=[ref("Observation", f["id"]) for f in series],
+                )
+            )
+            continue
+        picked = _pick(series, intent.op)
+        chosen += picked
+        prefix = _OP_WORD.get(intent.op or "")
+        if prefix:
+            for f in picked:
+                out.append(
+                    Statement(
+                        text=f"{label}, {prefix}{window}: {fact_value(f)} on "
+                        f"{fmt_date(f.get('date'))} ({f.get('display') or 'result'}).",
+                        citations=[ref("Observation", f["id"])],
+                    )
+                )
+        else:
+            out += lab_statements(picked, window, name=label)
+    return chosen, out
+
+
+_STATUS_ORDER = {"active": 0, "on-hold": 1, "draft": 2, "stopped": 3, "completed": 4}
+
+
+def _group(
+    kind: str, facts: Sequence[dict[str, Any]], named: dict[str, str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Medications by product, immunizations by vaccine group when one was named, else by display."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for f in _by_date(facts):
+        label = named.get(f.get("code") or "") if kind == "immunizations" else None
+        groups[label or f.get("display") or "Unnamed item"].append(f)
+    return groups
+
+
+def _refs(facts: Sequence[dict[str, Any]]) -> list[str]:
+    return [ref(f["resource_type"], f["id"]) for f in facts]
+
+
+def _filter_status(
+    kind: str, facts: list[dict[str, Any]], status: str | None
+) -> list[dict[str, Any]]:
+    if status is None:
+        return facts
+    if kind == "medications":
+        if status == "active":
+            return [f for f in facts if f.get("status") == "active"]
+        return [f for f in facts if f.get("status") != "active"]
+    if kind == "conditions":
+        wanted = _ACTIVE_CONDITION if status == "active" else _RESOLVED_CONDITION
+        return [f for f in facts if f.get("status") in wanted]
+    if kind == "allergies" and status == "active":
+        return [f for f in facts if f.get("status") in (None, "active")]
+    return facts
+
+
+def _is_emergency(f: dict[str, Any]) -> bool:
+    return (f.get("category") or "").upper() == "EMER" or "emergency" in (
+        f.get("display") or ""
+    ).lower()
+
+
+def kind_statements(
+    kind: str,
+    facts: list[dict[str, Any]],
+    named: dict[str, str],
+    intent: Intent,
+    window: str,
+) -> tuple[list[dict[str, Any]], list[Statement]]:
+    """Medications, problems, allergies, immunizations, procedures and encounters."""
+    lead: list[Statement] = []
+    filtered = _filter_status(kind, facts, intent.status)
+    if not filtered and facts and named and kind == "medications" and intent.status == "active":
+        # "Is she on atorvastatin?" with only stopped orders: say so, and show them.
+        lead.append(Statement(kind="notice", text="No active order of it; earlier orders follow."))
+    else:
+        facts = filtered
+    if kind == "encounters" and (
+        {"emergency", "er", "ed"} & set(intent.terms) or "er " in " ".join(intent.terms)
+    ):
+        facts = [f for f in facts if _is_emergency(f)]
+    if kind == "encounters" or (kind == "procedures" and not named):
+        return _listing(kind, facts, intent, window)
+    groups = _group(kind, facts, named)
+    chosen: list[dict[str, Any]] = []
+    out: list[Statement] = []
+    if intent.count and kind != "conditions":
+        chosen = [f for g in groups.values() for f in g]
+        if chosen:
+            names = ", ".join(groups)
+            out.append(
+                Statement(
+                    text=f"{len(groups)} {KIND_LABEL[kind].lower()} ({len(chosen)} records)"
+                    f"{window}: {names}.",
+                    citations=_refs(chosen),
+                )
+            )
+        return chosen, out
+    ordered = sorted(
+        groups.items(),
+        key=lambda kv: (_STATUS_ORDER.get(kv[1][-1].get("status") or "", 5), kv[0]),
+    )
+    for name, series in ordered:
+        picked = _pick(series, intent.op) if intent.op in ("latest", "first") else series
+        chosen += picked
+        out.append(Statement(text=_group_sentence(kind, name, picked), citations=_refs(picked)))
+    return chosen, out + lead
+
+
+def _group_sentence(kind: str, name: str, series: list[dict[str, Any]]) -> str:
+    last = series[-1]
+    first = series[0]
+    status = last.get("status") or "unknown status"
+    if kind == "medications":
+        dose = (last.get("detail") or {}).get("dosage")
+        dose_text = f" ({dose})" if dose else ""
+        if len(series) == 1:
+            return f"{name} — {status}; prescribed {fmt_date(last.get('date'))}{dose_text}."
+        return (
+            f"{name}: {len(series)} orders, first prescribed {fmt_date(first.get('date'))}, "
+            f"last prescribed {fmt_date(last.get('date'))}; latest order {status}{dose_text}."
+        )
+    if kind == "conditions":
+        ended = f"; resolved {fmt_date(last['end_date'])}" if last.get("end_date") else ""
+        if len(series) == 1:
+            return f"{name} — {status}; onset {fmt_date(last.get('date'))}{ended}."
+        return (
+            f"{name} — {status}; {len(series)} episodes, first onset {fmt_date(first.get('date'))}, "
+            f"latest onset {fmt_date(last.get('date'))}{ended}."
+        )
+    if kind == "immunizations":
+        if len(series) == 1:
+            return f"{name}: given {fmt_date(last.get('date'))} ({status})."
+        return (
+            f"{name}: {len(series)} doses, first {fmt_date(first.get('date'))}, most recent "
+            f"{fmt_date(last.get('date'))}."
+        )
+    if len(series) == 1:
+        return fact_sentence(last) + "."
+    dates = ", ".join(fmt_date(f.get("date")) for f in series)
+    return f"{name}: {len(series)} records ({dates})."
+
+
+def _listing(
+    kind: str, facts: list[dict[str, Any]], intent: Intent, window: str
+) -> tuple[list[dict[str, Any]], list[Statement]]:
+    """Encounters and procedures: the one an operator picks, a count, or each (dated)."""
+    series = _by_date(facts)
+    if not series:
+        return [], []
+    if intent.op in ("latest", "first"):
+        picked = _pick(series, intent.op)
+        return picked, [
+            Statement(text=fact_sentence(f) + ".", citations=_refs([f])) for f in picked
+        ]
+    out: list[Statement] = []
+    if intent.count or len(series) > 12:
+        label = KIND_LABEL[kind].lower()
+        out.append(
+            Statement(
+                text=f"{len(series)} {label}{window}, from {fmt_date(series[0].get('date'))} to "
+                f"{fmt_date(series[-1].get('date'))}.",
+                citations=_refs(series),
+            )
+        )
+        if intent.count:
+            return series, out
+        shown = series[-5:]
+        out[0] = Statement(
+            text=out[0].text[:-1] + "; the 5 most recent follow.", citations=out[0].citations
+        )
+    else:
+        shown = series
+    out += [Statement(text=fact_sentence(f) + ".", citations=_refs([f])) for f in shown]
+    return series, out
+
+
+def patient_statements(
+    patient: dict[str, Any], fields: frozenset[str], now: datetime
+) -> list[Statement]:
+    """Demographics from the Patient resource (only the fields asked for, or all of them)."""
+    cite = [f"Patient/{patient['id']}"]
+    wanted = fields or frozenset({"name", "birth_date", "age", "sex", "mrn"})
+    out: list[Statement] = []
+    birth = patient.get("birthDate")
+    if "name" in wanted and (names := patient.get("name")):
+        n = names[0]
+        full = n.get("text") or " ".join([*(n.get("given") or []), n.get("family") or ""]).strip()
+        if full:
+            out.append(Statement(text=f"Name: {full}.", citations=cite))
+    if "birth_date" in wanted and birth:
+        out.append(Statement(text=f"Date of birth: {birth}.", citations=cite))
+    if "age" in wanted and birth and len(birth) >= 10:
+        try:
+            born = datetime.fromisoformat(birth[:10])
+        except ValueError:
+            born = None
+        if born is not None:
+            years = now.year - born.year - ((now.month, now.day) < (born.month, born.day))
+            deceased = patient.get("deceasedDateTime") or patient.get("deceasedBoolean")
+            suffix = " (deceased)" if deceased else ""
+            out.append(
+                Statement(text=f"Age: {years} years (born {birth}){suffix}.", citations=cite)
+            )
+    if "sex" in wanted and patient.get("gender"):
+        out.append(Statement(text=f"Administrative sex: {patient['gender']}.", citations=cite))
+    if "mrn" in wanted:
+        for ident in patient.get("identifier") or []:
+            codes = {c.get("code") for c in (ident.get("type") or {}).get("coding") or []}
+            if "MR" in codes and ident.get("value"):
+                out.append(Statement(text=f"MRN: {ident['value']}.", citations=cite))
+                break
+    return out
+
+
+def latest_note_statements(
+    notes: Sequence[dict[str, Any]], intent: Intent
+) -> tuple[list[dict[str, Any]], list[Statement]]:
+    """The most recent note by date (not the best search hit), and the section asked for."""
+    dated = [n for n in _by_date(notes) if n.get("value_text")]
+    if not dated:
+        return [], []
+    note = dated[-1]
+    title = f"{note.get('display') or 'Clinical note'} of {fmt_date(note.get('date'))}"
+    sections = split_sections(note["value_text"])
+    wanted = intent.section or "plan"
+    section = next(
+        (s for s in sections if s.lower().startswith(wanted) and ":" in s[: len(wanted) + 20]), None
+    )
+    if section is None:
+        body = " ".join(sections[:2])
+        text = f'{title} (the most recent note; it has no {wanted} section): "{_clip(body)}"'
+    else:
+        text = f'{title} (the most recent note), {section.split(":", 1)[0]}: "{_clip(section.split(":", 1)[1].strip())}"'
+    return [note], [Statement(text=text, citations=[ref("DocumentReference", note["id"])])]
+
+
+def _clip(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def missing_notice(looked_for: str, window_text: str) -> Statement:
+    """A named item this chart does not have: what was looked for, and nothing cited."""
+    return Statement(kind="notice", text=f"No {looked_for} in this record{window_text}.")

@@ -1,7 +1,8 @@
-"""Question understanding: which kinds of chart data, which lab concepts, which time window.
+"""Question understanding: which kinds of chart data, which named concepts, which operator, which
+time window.
 
-Deterministic and pure. Lab concepts map to LOINC codes; a question may also name a lab by words
-of its display text, which ``match_displays`` resolves against the patient's own codes.
+Deterministic and pure: the clock is an argument (tests fix it). Named concepts come from the
+clinical lexicon (``rag.concepts``); what they resolve to in one chart is decided in ``rag.ask``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+from rag.concepts import Lexicon, Mention, content_words, lexicon, normalize, wordset
 
 KIND_TYPES = {
     "labs": "Observation",
@@ -20,201 +23,171 @@ KIND_TYPES = {
     "procedures": "Procedure",
     "encounters": "Encounter",
     "notes": "DocumentReference",
+    "patient": "Patient",
+}
+#: The kind of chart data a lexicon entry of each kind is.
+ENTRY_KIND = {
+    "lab": "labs",
+    "panel": "labs",
+    "vital": "vitals",
+    "condition": "conditions",
+    "medication": "medications",
+    "immunization": "immunizations",
+    "allergy": "allergies",
+    "procedure": "procedures",
 }
 
 _KIND_PATTERNS = {
-    "medications": r"medication|medicine|\bdrugs?\b|prescri|\bmeds?\b|\brx\b|taking|pharmac|dose|dosage",
-    "conditions": r"condition|diagnos|problem|disease|comorbid|medical history|\bdx\b",
-    "allergies": r"allerg|intoleran|adverse reaction",
-    "immunizations": r"immuni[sz]|vaccin|\bshots?\b",
+    "medications": r"medication|medicine|\bdrugs?\b|prescri|\bmeds?\b|\brx\b|taking|pharmac|"
+    r"\bdose\b|dosage|\bon any\b",
+    "conditions": r"condition|diagnos|problem|disease|comorbid|medical history|\bdx\b|\bpmh\b",
+    "allergies": r"allerg|intoleran|adverse reaction|\bnkda\b",
+    "immunizations": r"immuni[sz]|vaccin|\bshots?\b|\bjabs?\b",
     "procedures": r"procedure|surger|surgical|operation|operated",
-    "encounters": r"\bvisits?\b|encounter|appointment|admission|admitted|seen in clinic",
-    "notes": r"\bnotes?\b|\bplan\b|follow[- ]?up|documented|assessment|narrative|\bsaid\b|counsel",
-    "labs": r"\blabs?\b|laborator|test results?|\bresults?\b|\bvalues?\b|\blevels?\b",
+    "encounters": r"\bvisits?\b|encounter|appointment|\bappts?\b|admission|admitted|seen in clinic|"
+    r"\bseen\b|\ber\b|\bed visit|hospitali[sz]|\bc[ao]me in\b",
+    "notes": r"\bnotes?\b|\bplan\b|follow[- ]?up|documented|\bassessment\b|narrative|\bsaid\b|"
+    r"counsel|\bdecided?\b",
+    "labs": r"\blabs?\b|laborator|test results?|\bresults?\b|\bvalues?\b|\blevels?\b|bloodwork|"
+    r"blood work",
     "vitals": r"vital",
+    "patient": r"date of birth|\bdob\b|birth ?day|born|how old|\bage\b|\bsex\b|gender|"
+    r"\bmrn\b|medical record number|patient'?s name|\bname\b",
 }
-
-# LOINC codes per named concept (FHIR R4 vital-signs profile codes, common chemistry panels).
-LAB_CONCEPTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "hba1c": (
-        r"\bhb\s?a1c\b|\ba1c\b|hemoglobin a1c|haemoglobin a1c|glycated|glycosylated",
-        ("4548-4", "17856-6", "4549-2", "59261-8"),
-    ),
-    "blood_pressure": (
-        r"blood pressure|\bbp\b|systolic|diastolic",
-        ("85354-9", "55284-4", "8480-6", "8462-4"),
-    ),
-    "bmi": (r"\bbmi\b|body mass", ("39156-5",)),
-    "weight": (r"\bweight\b|\bweigh", ("29463-7", "3141-9")),
-    "height": (r"\bheight\b", ("8302-2",)),
-    "lipids": (
-        r"lipid|cholesterol",
-        ("2093-3", "18262-6", "13457-7", "2089-1", "2085-9", "2571-8"),
-    ),
-    "ldl": (r"\bldl\b", ("18262-6", "13457-7", "2089-1")),
-    "hdl": (r"\bhdl\b", ("2085-9",)),
-    "triglycerides": (r"triglycer", ("2571-8",)),
-    "egfr": (
-        r"\begfr\b|\bgfr\b|glomerular|kidney function|renal function",
-        ("33914-3", "62238-1", "98979-8", "48642-3", "48643-1"),
-    ),
-    "creatinine": (r"creatinine", ("2160-0", "38483-4")),
-    "glucose": (r"glucose|blood sugar", ("2339-0", "2345-7")),
-    "heart_rate": (r"heart rate|pulse", ("8867-4",)),
+_PATIENT_FIELDS = {
+    "birth_date": r"date of birth|\bdob\b|birth ?day|born",
+    "age": r"how old|\bage\b",
+    "sex": r"\bsex\b|gender",
+    "mrn": r"\bmrn\b|medical record number",
+    "name": r"\bname\b",
 }
 
 _UNITS = {"day": 1, "week": 7, "month": 30.44, "year": 365.25}
 _NUMBERS = {
+    "a": 1,
     "one": 1,
     "two": 2,
     "three": 3,
     "four": 4,
     "five": 5,
     "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
     "twelve": 12,
     "eighteen": 18,
+    "twenty": 20,
+    "thirty": 30,
 }
+_NUM = r"\d{1,3}|" + "|".join(_NUMBERS)
 _WINDOW = re.compile(
-    r"\b(?:last|past|previous|recent)\s+(?:(\d{1,3}|one|two|three|four|five|six|twelve|eighteen)\s+)?"
-    r"(day|week|month|year)s?\b"
+    rf"\b(?:last|past|previous|recent|prior|within(?: the)?(?: last| past)?)\s+(?:({_NUM})\s+)?"
+    r"(day|week|month|year|yr|mo)s?\b"
 )
-_SINCE = re.compile(r"\bsince\s+((?:19|20)\d{2})\b")
-_IN_YEAR = re.compile(r"\b(?:in|during)\s+((?:19|20)\d{2})\b")
-_GENERIC_WORDS = frozenset(
-    [
-        "blood",
-        "serum",
-        "plasma",
-        "total",
-        "mass",
-        "volume",
-        "moles",
-        "level",
-        "count",
-        "panel",
-        "ratio",
-        "method",
-        "calculated",
-        "automated",
-        "presence",
-        "measured",
-        "urine",
-        "body",
-        "with",
-        "from",
-        "that",
-        "this",
-        "have",
-        "what",
-        "which",
-        "were",
-        "there",
-        "tablet",
-        "tablets",
-        "oral",
-        "capsule",
-        "injection",
-        "daily",
-        "release",
-        "extended",
-        "hour",
-        "disorder",
-        "finding",
-        "chronic",
-        "acute",
-        "history",
-        "patient",
-        "patients",
-        "does",
-        "done",
-        "given",
-        "taking",
-        "prescribed",
-        "medication",
-        "medications",
-        "condition",
-        "conditions",
-        "about",
-        "show",
-        "tell",
-        "list",
-        "ever",
-        "been",
-        "last",
-        "latest",
-        "most",
-        "recent",
-        "current",
-        "result",
-        "results",
-        "value",
-        "values",
-        "test",
-        "tests",
-        "level",
-        "levels",
-        "lab",
-        "labs",
-        "trend",
-    ]
+_AGO = re.compile(rf"\b({_NUM})\s+(day|week|month|year|yr|mo)s?\s+ago\b")
+_MONTHS = {
+    m: i + 1
+    for i, names in enumerate(
+        [
+            ("january", "jan"),
+            ("february", "feb"),
+            ("march", "mar"),
+            ("april", "apr"),
+            ("may",),
+            ("june", "jun"),
+            ("july", "jul"),
+            ("august", "aug"),
+            ("september", "sep", "sept"),
+            ("october", "oct"),
+            ("november", "nov"),
+            ("december", "dec"),
+        ]
+    )
+    for m in names
+}
+_MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_YEAR = r"(?:19|20)\d{2}"
+# A date as clinicians type it: 2022-09-24, 2022/09/24, 9/24/2022, Sept 24 2022, Sept 2022, 2022.
+_DATE = (
+    rf"(?:{_YEAR}[-/]\d{{1,2}}(?:[-/]\d{{1,2}})?|\d{{1,2}}/\d{{1,2}}/{_YEAR}|"
+    rf"(?:{_MONTH})\.?\s+(?:\d{{1,2}}(?:st|nd|rd|th)?,?\s+)?{_YEAR}|{_YEAR})"
 )
-# Words that say nothing about the chart; kept out of the full-text query.
-_STOP_TERMS = frozenset(
-    [
-        "the",
-        "and",
-        "for",
-        "was",
-        "were",
-        "what",
-        "which",
-        "who",
-        "when",
-        "how",
-        "has",
-        "have",
-        "had",
-        "does",
-        "did",
-        "any",
-        "this",
-        "that",
-        "with",
-        "patient",
-        "patients",
-        "patient's",
-        "show",
-        "tell",
-        "list",
-        "give",
-        "please",
-        "about",
-        "from",
-        "over",
-        "last",
-        "past",
-    ]
-)
+_SINCE = re.compile(rf"\b(?:since|after|from|starting)\s+({_DATE})(?!\d)")
+_BEFORE = re.compile(rf"\b(?:before|until|prior to|up to)\s+({_DATE})(?!\d)")
+_BETWEEN = re.compile(rf"\bbetween\s+({_DATE})\s+(?:and|to|-)\s+({_DATE})(?!\d)")
+_FROM_TO = re.compile(rf"\bfrom\s+({_DATE})\s+(?:to|until|through|-)\s+({_DATE})(?!\d)")
+_IN = re.compile(rf"\b(?:in|during|for|of)\s+((?:(?:{_MONTH})\.?\s+)?{_YEAR})(?!\d)")
+_THIS_YEAR = re.compile(r"\bthis (year|yr)\b")
+
 _LATEST = re.compile(
-    r"\b(latest|most recent|newest|current(?:ly)?|last)\b(?!\s+(?:\d+|one|two|three|four|five|six|"
-    r"twelve|eighteen)?\s*(?:days?|weeks?|months?|years?)\b)"
+    rf"\b(latest|most recent|newest|last|recent)\b(?!\s+(?:{_NUM})?\s*(?:days?|weeks?|months?|years?|"
+    r"yrs?|mos?)\b)"
+)
+_FIRST = re.compile(r"\b(first|earliest|initial|oldest|original|baseline)\b")
+_HIGHEST = re.compile(r"\b(highest|max|maximum|peak|largest|worst)\b")
+_LOWEST = re.compile(r"\b(lowest|min|minimum|smallest)\b")
+_COUNT = re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b|\bhow often\b")
+_EXISTS = re.compile(
+    r"^(?:has|have|had|is|was|were|does|did|do|any|ever)\b|\bany (?:history|hx) of\b|"
+    r"\bhistory of\b|\bhx of\b|\bh/o\b|\btried\b|\bon file\b|"
+    r"\bever (?:been|had|have|tried|taken|received|gotten|got|diagnosed|prescribed|on|done)\b|"
+    r"\bis (?:she|he|they|the patient|pt) on\b|\bon (?:a|an|any)\b"
+)
+_ACTIVE = re.compile(
+    r"\b(active|current|currently|ongoing|still|now|present|presently|open)\b|\bis (?:she|he|pt|"
+    r"the patient) on\b|\btaking\b"
+)
+_RESOLVED = re.compile(r"\b(resolved|past|former|inactive|previous|prior|old|healed|history of)\b")
+_SECTIONS = {
+    "plan": r"\bplan\b|next steps|\bdecided?\b",
+    "assessment": r"\bassessment\b|impression",
+    "subjective": r"\bsubjective\b|\bhpi\b|history of present illness|chief complaint|\bcc\b",
+    "medications": r"\bmedications? (?:section|list) in the note\b",
+}
+
+# Words that say nothing about the chart; kept out of the full-text query.
+_STOP_TERMS = wordset(
+    "the and for was were what which who when how has have had does did any this that with "
+    "patient patients patient's show tell list give please about from over last past"
 )
 
 
 @dataclass(frozen=True)
 class Intent:
     kinds: frozenset[str]
-    lab_codes: frozenset[str] = frozenset()
-    lab_names: tuple[str, ...] = ()
+    mentions: tuple[Mention, ...] = ()
+    #: Content words outside every lexicon mention ("sarcoidosis", "zolpidem"): maybe a name.
+    words: tuple[str, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
     terms: tuple[str, ...] = field(default=())
-    latest: bool = False
-    """The question asks for the most recent item (``latest BP``, ``last visit``), not a series."""
+    #: "latest", "first", "highest", "lowest" or None (every matching item).
+    op: str | None = None
+    count: bool = False
+    exists: bool = False
+    #: "active" / "resolved" for problems and medications, else None.
+    status: str | None = None
+    section: str | None = None
+    patient_fields: frozenset[str] = frozenset()
+
+    @property
+    def latest(self) -> bool:
+        return self.op == "latest"
 
     @property
     def resource_types(self) -> frozenset[str]:
         return frozenset(KIND_TYPES[k] for k in self.kinds)
+
+    @property
+    def lab_codes(self) -> frozenset[str]:
+        return frozenset(
+            c
+            for m in self.mentions
+            if m.entry.resource_type == "Observation"
+            for c in m.entry.codes
+        )
 
 
 def terms(question: str) -> tuple[str, ...]:
@@ -228,46 +201,146 @@ def terms(question: str) -> tuple[str, ...]:
     )
 
 
+def parse_date(text: str, *, end: bool = False) -> datetime | None:
+    """A typed date → the first (or, with ``end``, the last) instant it covers, UTC."""
+    t = text.lower().strip().replace(",", " ")
+    try:
+        if m := re.fullmatch(rf"({_YEAR})[-/](\d{{1,2}})(?:[-/](\d{{1,2}}))?", t):
+            y, mo, d = int(m.group(1)), int(m.group(2)), m.group(3)
+            return _span(y, mo, int(d) if d else None, end)
+        if m := re.fullmatch(rf"(\d{{1,2}})/(\d{{1,2}})/({_YEAR})", t):
+            return _span(int(m.group(3)), int(m.group(1)), int(m.group(2)), end)
+        if m := re.fullmatch(
+            rf"({_MONTH})\.?\s+(?:(\d{{1,2}})(?:st|nd|rd|th)?\s+)?({_YEAR})", " ".join(t.split())
+        ):
+            d = m.group(2)
+            return _span(int(m.group(3)), _MONTHS[m.group(1)], int(d) if d else None, end)
+        if re.fullmatch(_YEAR, t):
+            return _span(int(t), None, None, end)
+    except ValueError:
+        return None
+    return None
+
+
+def _span(year: int, month: int | None, day: int | None, end: bool) -> datetime:
+    if not end:
+        return datetime(year, month or 1, day or 1, tzinfo=UTC)
+    if day is not None and month is not None:
+        start = datetime(year, month, day, tzinfo=UTC)
+        return start + timedelta(days=1) - timedelta(microseconds=1)
+    if month is not None:
+        nxt = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+        return nxt - timedelta(microseconds=1)
+    return datetime(year, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def _count(raw: str | None) -> int:
+    if not raw:
+        return 1
+    return int(raw) if raw.isdigit() else _NUMBERS.get(raw, 1)
+
+
+def _unit(raw: str) -> float:
+    return _UNITS[{"yr": "year", "mo": "month"}.get(raw, raw)]
+
+
 def time_window(question: str, now: datetime) -> tuple[datetime | None, datetime | None]:
-    q = question.lower()
+    q = " ".join(question.lower().split())
+    if m := _BETWEEN.search(q) or _FROM_TO.search(q):
+        return parse_date(m.group(1)), parse_date(m.group(2), end=True)
     if m := _WINDOW.search(q):
-        n_raw = m.group(1)
-        n = int(n_raw) if n_raw and n_raw.isdigit() else _NUMBERS.get(n_raw or "one", 1)
-        return now - timedelta(days=n * _UNITS[m.group(2)]), None
-    if m := _SINCE.search(q):
-        return datetime(int(m.group(1)), 1, 1, tzinfo=UTC), None
-    if m := _IN_YEAR.search(q):
-        year = int(m.group(1))
-        return datetime(year, 1, 1, tzinfo=UTC), datetime(year, 12, 31, 23, 59, 59, tzinfo=UTC)
+        return now - timedelta(days=_count(m.group(1)) * _unit(m.group(2))), None
+    if m := _AGO.search(q):
+        return now - timedelta(days=_count(m.group(1)) * _unit(m.group(2))), None
+    since = parse_date(m.group(1)) if (m := _SINCE.search(q)) else None
+    until = parse_date(m.group(1), end=False) if (m := _BEFORE.search(q)) else None
+    if until is not None:
+        until -= timedelta(microseconds=1)  # "before 2023" excludes 2023
+    if since or until:
+        return since, until
+    if _THIS_YEAR.search(q):
+        return datetime(now.year, 1, 1, tzinfo=UTC), None
+    if m := _IN.search(q):
+        return parse_date(m.group(1)), parse_date(m.group(1), end=True)
     return None, None
 
 
-def parse_question(question: str, now: datetime) -> Intent:
-    q = question.lower()
+def _operator(q: str, windowed: bool) -> str | None:
+    if _HIGHEST.search(q):
+        return "highest"
+    if _LOWEST.search(q):
+        return "lowest"
+    if _FIRST.search(q):
+        return "first"
+    if not windowed and _LATEST.search(q):
+        return "latest"
+    return None
+
+
+def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> Intent:
+    lex = lex or lexicon()
+    q = " ".join(question.lower().split())
     kinds = {kind for kind, pattern in _KIND_PATTERNS.items() if re.search(pattern, q)}
-    names, codes = [], set()
-    for name, (pattern, loincs) in LAB_CONCEPTS.items():
-        if re.search(pattern, q):
-            names.append(name)
-            codes.update(loincs)
-    if codes:
-        kinds.add("labs")
+    mentions = tuple(lex.mentions(question))
+    for m in mentions:
+        kinds.add(ENTRY_KIND[m.entry.kind])
+    patient_fields = frozenset(f for f, p in _PATIENT_FIELDS.items() if re.search(p, q))
+    if "patient" in kinds and not patient_fields:
+        kinds.discard("patient")
+    section = next((s for s, p in _SECTIONS.items() if re.search(p, q)), None)
+    if section and "notes" in kinds:
+        kinds.discard("encounters")  # "the plan at the last visit" is a note, not the visit
+    covered = [(m.start, m.end) for m in mentions]
+    words = tuple(w for w in content_words(question, covered) if w not in _KIND_WORDS)
+    if patient_fields == {"name"} and (kinds - {"patient"} or words):
+        patient_fields = frozenset()  # "the name of her statin" is not the patient's name
+        kinds.discard("patient")
     since, until = time_window(question, now)
-    latest = since is None and _LATEST.search(q) is not None
+    op = _operator(q, since is not None or until is not None)
+    status = None
+    if _RESOLVED.search(q) and not re.search(r"\bprevious(?:ly)? prescribed\b", q):
+        status = "resolved"
+    if _ACTIVE.search(q):
+        status = "active"
     return Intent(
-        frozenset(kinds), frozenset(codes), tuple(names), since, until, terms(question), latest
+        kinds=frozenset(kinds),
+        mentions=mentions,
+        words=words,
+        since=since,
+        until=until,
+        terms=terms(question),
+        op=op,
+        count=_COUNT.search(q) is not None,
+        exists=_EXISTS.search(q) is not None,
+        status=status,
+        section=section,
+        patient_fields=patient_fields,
     )
 
 
+# Words the kind patterns consume (not names of chart items).
+_KIND_WORDS = wordset(
+    normalize(
+        "vitals vital signs bloodwork work laboratory laboratories reaction reactions adverse "
+        "intolerance intolerances history medical comorbidities comorbidity surgical operated "
+        "operations pharmacy narrative counseling counselling followup follow steps impression "
+        "subjective hpi complaint chief birth born birthday old age sex gender mrn name number "
+        "shows screening visit emergency er ed room hospital hospitalized hospitalization "
+        "admitted clinic office jab jabs immunised immunized pmh nkda dob yr yrs mo mos ago "
+        "within through starting file pls appt appts come came decide decided tried baseline "
+        "peak office reading"
+    )
+)
+
+
 def match_displays(question: str, codes: list[dict[str, object]]) -> set[str]:
-    """Codes whose display shares a distinctive word with the question (``potassium``, ``ferritin``)."""
-    words = {t for t in terms(question) if not t.isdigit() and t not in _GENERIC_WORDS}
+    """Codes whose display shares a distinctive word with the question (``potassium``, ``ferritin``).
+
+    Kept for callers that only have words; ``rag.ask`` resolves through the lexicon first."""
+    words = set(content_words(question, [])) - _KIND_WORDS
     hits = set()
     for row in codes:
-        display = str(row.get("display") or "").lower()
-        display_words = {
-            w for w in re.findall(r"[a-z0-9]+", display) if len(w) >= 3
-        } - _GENERIC_WORDS
+        display_words = set(re.findall(r"[a-z0-9]+", str(row.get("display") or "").lower()))
         if row.get("code") and words & display_words:
             hits.add(str(row["code"]))
     return hits

@@ -138,4 +138,5 @@ def test_blood_pressure_reads_systolic_over_diastolic_by_code_not_position() -> 
     assert "Blood pressure panel: 150/95 mm[Hg] on 2025-01-01." in texts
     assert "Blood pressure panel: 128/80 mm[Hg] on 2025-01-02." in texts
     trend = next(t for t in texts if "trend" in t)
-    assert "from 150 mm[Hg]" in trend and "to 128 mm[Hg]" in trend  # the systolic series
+    assert "decreasing (systolic)" in trend  # the systolic series, whatever order was listed
+    assert "from 150/95 mm[Hg]" in trend and "to 128/80 mm[Hg]" in trend
