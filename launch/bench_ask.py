@@ -1,14 +1,49 @@
-"""``chartcite bench ask``: ask latency p50/p95 over N asks, over HTTP and as the server measured it."""
+"""``chartcite bench ask``: warm ask latency over N patients in one database, and the naive pattern.
+
+1. Load: N sandbox-generated patients (or a FHIR folder) go through ``chartcite import``'s pipeline
+   (validate, store raw, project, index with the local embedding model) into one database. With
+   ``--data-dir`` the embedded database is kept and reused by the next run of the same load.
+2. Ask, in-process (no HTTP): ``rag.ask.answer_question`` against the database, random patients, the
+   QUESTIONS mix; sequential p50/p95, then ``--clients`` concurrent asyncio clients, each on its own
+   pooled connection (asks/s, p50/p95). Warm: every question is asked once before timing.
+3. Retrieval side by side on the same database: ``hybrid_search`` (exact per-patient scan) against
+   the tutorial pattern, one global HNSW index and ``WHERE patient_id = … ORDER BY embedding <=> q
+   LIMIT 5`` (pgvector 0.8 iterative scan on, as its README advises for filtered queries; and off).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
+import json
+import random
+import re
 import statistics
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from datetime import time as dtime
 from pathlib import Path
+from typing import Any
 
-from launch.bench import pct, served_demo
-from launch.demo_client import ask, launch_patient, sync_patient
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fhir_adapters import AccessFilter
+from fhir_adapters.normalize import CLINICAL_TYPES
+from launch.bench import pct
+from launch.db import Database, create_engine, open_database, upgrade_database
+from launch.importer import import_path
+from launch.sandbox import SandboxStore, generate_patients, load_fhir_dir
+from launch.settings import Settings
+from rag import load_embedder
+from rag import repository as repo
+from rag.ask import answer_question
+from rag.embeddings import Embedder
 
 QUESTIONS = (
     "What was this patient's HbA1c trend over the last 18 months, and which medications were previously prescribed?",
@@ -23,46 +58,329 @@ QUESTIONS = (
     "Any procedures in the last 3 years?",
 )
 
+MARKER = "bench-ask.json"
+NAIVE_K = 5
 
-def run(*, asks: int = 50, patients: int = 3, data: Path | None = None) -> int:
-    with served_demo(data=data) as demo:
-        print(
-            f"demo start (embedded Postgres + migrations + model + sandbox): {demo.start_seconds:.2f} s"
+
+@dataclass(frozen=True)
+class Loaded:
+    """One load of the bench database: which source, which patients, as of which day."""
+
+    key: str
+    source: str
+    patients: list[str]
+    today: str
+    load_seconds: float
+
+    @property
+    def now(self) -> datetime:
+        """Noon of the day the charts were generated: the time windows of the asks match them."""
+        return datetime.combine(date.fromisoformat(self.today), dtime(12), tzinfo=UTC)
+
+
+def _load_key(patients: int, seed: int, data: Path | None) -> str:
+    if data is not None:
+        return "data-" + hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+    return f"generated-{patients}-seed{seed}"
+
+
+def _read_marker(data_dir: Path) -> dict[str, Any]:
+    try:
+        loads = json.loads((data_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return loads if isinstance(loads, dict) else {}
+
+
+def _progress(total: int) -> Callable[[str], None]:
+    """An ``import_path`` ``say`` that prints a line every 5 % with the time so far and left."""
+    started = time.perf_counter()
+    step = max(1, total // 20)
+    done = 0
+
+    def say(text: str) -> None:
+        nonlocal done
+        if not text.startswith("\r"):
+            return
+        done += 1
+        if done % step == 0 or done == total:
+            spent = time.perf_counter() - started
+            left = spent / done * (total - done)
+            print(
+                f"  {done}/{total} patients loaded, {spent:.0f} s, ~{left:.0f} s left", flush=True
+            )
+
+    return say
+
+
+async def load_charts(
+    database: Database, settings: Settings, *, patients: int, seed: int, data: Path | None
+) -> tuple[Loaded, bool]:
+    """Import the bench charts unless this database already holds them; returns (load, reused)."""
+    key = _load_key(patients, seed, data)
+    known = _read_marker(settings.data_dir)
+    entry = known.get(key)
+    if entry is not None and "source" in entry:
+        return Loaded(**entry), True
+    # Each load has a source of its own: loads of other sizes in a reused database never mix.
+    iss = f"https://bench.chartcite.invalid/{key}/fhir"
+    if entry is not None:
+        # An interrupted load: the same charts (same day) again; importing skips what is stored.
+        today = date.fromisoformat(entry["today"])
+        print(f"resuming the interrupted load {key} of {today}", flush=True)
+    else:
+        today = date.today()
+        known[key] = {"today": today.isoformat()}
+        (settings.data_dir / MARKER).write_text(json.dumps(known))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ccb-files-", dir="/tmp") as tmp:
+        if data is None:
+            resources = generate_patients(n_patients=patients, seed=seed, today=today)
+            print(f"generated {patients} patients ({len(resources)} resources) in "
+                  f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
+            folder = Path(tmp)
+            with (folder / "charts.ndjson").open("w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in resources)
+        else:
+            folder, resources = data, load_fhir_dir(data)
+        ids = [str(p["id"]) for p in SandboxStore(resources).patients()]
+        del resources
+        report = await import_path(database, settings, folder, iss=iss, say=_progress(len(ids)))
+    loaded = Loaded(key, report.source, ids, today.isoformat(), time.perf_counter() - started)
+    known[key] = asdict(loaded)
+    (settings.data_dir / MARKER).write_text(json.dumps(known))
+    return loaded, False
+
+
+@dataclass
+class Timings:
+    server_ms: list[float]
+    wall_ms: list[float]
+    seconds: float
+
+    def line(self, label: str) -> str:
+        n = len(self.server_ms)
+        return (
+            f"{label}, {n} asks: server latency_ms p50 {pct(self.server_ms, 0.5):.1f} ms, "
+            f"p95 {pct(self.server_ms, 0.95):.1f} ms; around answer_question + commit "
+            f"p50 {pct(self.wall_ms, 0.5):.1f} ms, p95 {pct(self.wall_ms, 0.95):.1f} ms; "
+            f"{n / self.seconds:.1f} asks/s"
         )
-        clients = []
-        try:
-            for pid in [p["id"] for p in demo.store.patients()][:patients]:
-                client, resp = launch_patient(demo.base_url, pid)
-                clients.append(client)
-                resp.raise_for_status()
-                sync_patient(client)
-            client_ms: list[float] = []
-            server_ms: list[float] = []
-            for i in range(asks):
-                client = clients[i % len(clients)]
+
+
+#: (patient id, question vector, full-text terms) for the retrieval comparison.
+Probe = tuple[str, np.ndarray, list[str]]
+
+
+def _terms(question: str) -> list[str]:
+    """Full-text terms of a question for ``hybrid_search`` (``to_tsquery`` drops stop words)."""
+    return sorted(set(re.findall(r"[a-z0-9]{3,}", question.lower())))
+
+
+def _access(loaded: Loaded, patient_id: str) -> AccessFilter:
+    return AccessFilter(loaded.source, patient_id, CLINICAL_TYPES)
+
+
+async def _asks(
+    engine: AsyncEngine,
+    embedder: Embedder,
+    loaded: Loaded,
+    plan: list[tuple[str, str]],
+    clients: int,
+) -> Timings:
+    """Run ``plan`` (patient, question) on ``clients`` connections, each ask in its own transaction."""
+    queue = list(reversed(plan))
+    server_ms: list[float] = []
+    wall_ms: list[float] = []
+
+    async def client() -> None:
+        async with engine.connect() as conn:
+            while queue:
+                pid, question = queue.pop()
                 t = time.perf_counter()
-                resp = ask(client, QUESTIONS[i % len(QUESTIONS)])
-                client_ms.append((time.perf_counter() - t) * 1000)
-                resp.raise_for_status()
-                server_ms.append(resp.json()["latency_ms"])
+                async with conn.begin():
+                    body = await answer_question(
+                        conn, embedder, _access(loaded, pid), question, now=loaded.now
+                    )
+                wall_ms.append((time.perf_counter() - t) * 1000)
+                server_ms.append(body.latency_ms)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return Timings(server_ms, wall_ms, time.perf_counter() - started)
+
+
+async def _retrieval(database: Database, loaded: Loaded, pairs: list[Probe]) -> list[str]:
+    """Time hybrid_search against the naive global-HNSW query on the same probes."""
+    out: list[str] = []
+    # A connection of its own, closed after: the naive TEMP table and its index go with it.
+    engine = create_engine(database, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            t = time.perf_counter()
+            copied = 0
+            async with conn.begin():
+                for pid in loaded.patients:
+                    copied += await repo.copy_naive_chunks(conn, _access(loaded, pid))
+            out.append(
+                f"naive table: {copied} chunks of {len(loaded.patients)} patients copied with their "
+                f"vectors into one TEMP table, global HNSW (vector_cosine_ops, m=16, "
+                f"ef_construction=64), no patient btree: {time.perf_counter() - t:.1f} s"
+            )
+            ours: list[float] = []
+            # The k-th best similarity of the exact scan: many chunks share one concept vector,
+            # so recall counts a naive row as right when it is at least that close (ties count).
+            kth: list[float] = []
+            async with conn.begin():
+                for pid, vec, terms in pairs:
+                    access = _access(loaded, pid)
+                    t = time.perf_counter()
+                    await repo.hybrid_search(conn, access, query_vector=vec, terms=terms)
+                    ours.append((time.perf_counter() - t) * 1000)
+                    # The exact top k by vector alone: what the naive query should return.
+                    top = await repo.hybrid_search(
+                        conn, access, query_vector=vec, terms=[], n=NAIVE_K, k=NAIVE_K
+                    )
+                    sims = sorted((h.similarity or 0.0 for h in top), reverse=True)
+                    kth.append(sims[-1] if len(sims) == NAIVE_K else -1.0)
+            out.append(
+                f"retrieval, ours (hybrid_search: exact per-patient vector scan + full text, RRF, "
+                f"one statement): p50 {pct(ours, 0.5):.2f} ms, p95 {pct(ours, 0.95):.2f} ms"
+            )
+            naive_p50 = 0.0
+            for mode in ("relaxed_order", "off"):
+                naive: list[float] = []
+                found: list[int] = []
+                recall: list[float] = []
+                async with conn.begin():
+                    first = _access(loaded, pairs[0][0])
+                    plan = await repo.naive_plan(conn, first, pairs[0][1], iterative_scan=mode)
+                    for (pid, vec, _), least in zip(pairs, kth, strict=True):
+                        t = time.perf_counter()
+                        rows = await repo.naive_search(conn, _access(loaded, pid), vec, k=NAIVE_K)
+                        naive.append((time.perf_counter() - t) * 1000)
+                        found.append(len(rows))
+                        recall.append(sum(sim >= least - 1e-6 for _, sim in rows) / NAIVE_K)
+                naive_p50 = naive_p50 or pct(naive, 0.5)
+                out.append(
+                    f"retrieval, naive (global HNSW, WHERE patient_id, LIMIT {NAIVE_K}, "
+                    f"hnsw.iterative_scan={mode}): p50 {pct(naive, 0.5):.2f} ms, "
+                    f"p95 {pct(naive, 0.95):.2f} ms, {statistics.mean(found):.2f} of {NAIVE_K} "
+                    f"rows returned, recall@{NAIVE_K} {statistics.mean(recall):.2f}; plan: {plan}"
+                )
+            ratio = naive_p50 / max(pct(ours, 0.5), 1e-9)
+            out.append(
+                f"ours p50 {pct(ours, 0.5):.2f} ms vs naive p50 {naive_p50:.2f} ms "
+                f"(iterative scan on): naive/ours = {ratio:.1f}x"
+            )
+    finally:
+        await engine.dispose()
+    return out
+
+
+async def _bench(
+    database: Database, settings: Settings, loaded: Loaded, *, asks: int, clients: int, seed: int
+) -> None:
+    embedder = load_embedder(settings.resolved_model_dir, threads=settings.embed_threads)
+    engine = create_engine(database, pool_size=clients)
+    rng = random.Random(seed)
+    try:
+        t = time.perf_counter()
+        embedder.embed([QUESTIONS[0]])
+        cold = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        embedder.embed([QUESTIONS[0]])
+        print(
+            f"question embedding: model {cold:.1f} ms, cached {(time.perf_counter() - t) * 1000:.3f} ms"
+        )
+        warm = [(rng.choice(loaded.patients), q) for q in QUESTIONS]
+        await _asks(engine, embedder, loaded, warm, 1)
+
+        def plan() -> list[tuple[str, str]]:
+            return [
+                (rng.choice(loaded.patients), QUESTIONS[i % len(QUESTIONS)]) for i in range(asks)
+            ]
+
+        sequential = await _asks(engine, embedder, loaded, plan(), 1)
+        print(sequential.line("sequential (1 client)"))
+        concurrent = await _asks(engine, embedder, loaded, plan(), clients)
+        print(
+            concurrent.line(f"concurrent ({clients} in-process asyncio clients, a connection each)")
+        )
+        vectors = embedder.embed(list(QUESTIONS))
+        pairs = [
+            (
+                rng.choice(loaded.patients),
+                vectors[i % len(QUESTIONS)],
+                _terms(QUESTIONS[i % len(QUESTIONS)]),
+            )
+            for i in range(asks)
+        ]
+        for line in await _retrieval(database, loaded, pairs):
+            print(line)
+    finally:
+        await engine.dispose()
+
+
+@contextmanager
+def _database(data_dir: Path | None) -> Iterator[tuple[Database, Settings]]:
+    """The embedded database in ``data_dir`` (kept), or in a temporary folder (removed after)."""
+    with tempfile.TemporaryDirectory(prefix="ccb-", dir="/tmp") as tmp:
+        settings = Settings(env="dev", data_dir=data_dir or Path(tmp))
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        database = open_database(settings)
+        try:
+            yield database, settings
         finally:
-            for c in clients:
-                c.close()
-    print(
-        f"ask over HTTP, {asks} asks: p50 {pct(client_ms, 0.5):.1f} ms, "
-        f"p95 {pct(client_ms, 0.95):.1f} ms, mean {statistics.mean(client_ms):.1f} ms"
-    )
-    print(
-        f"ask pipeline (server latency_ms): p50 {pct(server_ms, 0.5):.1f} ms, "
-        f"p95 {pct(server_ms, 0.95):.1f} ms"
-    )
+            if database.embedded is not None and data_dir is None:
+                database.embedded.cleanup()
+
+
+def run(
+    *,
+    asks: int = 500,
+    patients: int = 1000,
+    data: Path | None = None,
+    data_dir: Path | None = None,
+    clients: int = 20,
+    seed: int = 7,
+) -> int:
+    with _database(data_dir) as (database, settings):
+        print(f"database: {database.describe()}", flush=True)
+        asyncio.run(upgrade_database(database))
+        loaded, reused = asyncio.run(
+            load_charts(database, settings, patients=patients, seed=seed, data=data)
+        )
+        if reused:
+            print(
+                f"reused the load {loaded.key} of {loaded.today} ({len(loaded.patients)} patients, "
+                f"loaded in {loaded.load_seconds:.1f} s then)"
+            )
+        else:
+            print(f"loaded {len(loaded.patients)} patients in {loaded.load_seconds:.1f} s")
+        if asks > 0:
+            asyncio.run(_bench(database, settings, loaded, asks=asks, clients=clients, seed=seed))
     return 0
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="chartcite bench ask", description=__doc__)
-    p.add_argument("--asks", type=int, default=50)
-    p.add_argument("--patients", type=int, default=3, help="patients to launch and sync")
-    p.add_argument("--data", help="FHIR folder for the sandbox (e.g. Synthea output)")
+    p = argparse.ArgumentParser(prog="chartcite bench ask", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--asks", type=int, default=500, help="asks per phase (0: load only)")
+    p.add_argument("--patients", type=int, default=1000, help="generated patients to load")
+    p.add_argument("--data", help="FHIR folder to load instead (e.g. Synthea output)")
+    p.add_argument(
+        "--data-dir",
+        help="keep the embedded database here and reuse a load already in it (default: temporary)",
+    )
+    p.add_argument("--clients", type=int, default=20, help="concurrent clients")
+    p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
-    return run(asks=args.asks, patients=args.patients, data=Path(args.data) if args.data else None)
+    return run(
+        asks=args.asks,
+        patients=args.patients,
+        data=Path(args.data) if args.data else None,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        clients=args.clients,
+        seed=args.seed,
+    )

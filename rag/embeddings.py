@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ __all__ = [
     "ModelManifest",
     "ModelNotBuiltError",
     "OnnxEmbedder",
+    "QueryCacheInfo",
     "file_sha256",
     "load_embedder",
     "read_manifest",
@@ -56,6 +59,9 @@ MANIFEST_FILE = "manifest.json"
 # The ONNX graph's input order (rag.model_build exports them in this order); runs feed by name.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_BATCH_SIZE = 32
+# Questions are embedded one at a time and repeat ("latest blood pressure?"); 1,024 vectors of
+# 384 float32 are 1.5 MiB.
+DEFAULT_QUERY_CACHE = 1024
 
 FloatMatrix = npt.NDArray[np.float32]
 _T = TypeVar("_T")
@@ -170,11 +176,33 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> ModelManifest:
     return manifest
 
 
+@dataclass(frozen=True, slots=True)
+class QueryCacheInfo:
+    """Counters of the single-text (question) cache, like `functools.lru_cache`'s."""
+
+    hits: int
+    misses: int
+    size: int
+    maxsize: int
+
+
+def query_cache_key(model_id: str, text: str) -> tuple[str, str]:
+    """The cache key of a question: model id and the text with its whitespace collapsed.
+
+    Collapsing whitespace cannot change the vector: the BERT pre-tokenizer splits on whitespace.
+    """
+    return model_id, " ".join(text.split())
+
+
 class OnnxEmbedder:
     """all-MiniLM-style sentence embedder: ONNX Runtime encoder + numpy mean pooling.
 
-    Safe to share between threads: the ONNX Runtime session allows concurrent `run` calls and the
-    tokenizer is configured once here and only read afterwards (`encode_batch` takes `&self`).
+    A call with a single text (a question) goes through a bounded LRU cache keyed by
+    `query_cache_key`, so a repeated question skips the model; batches (indexing) never touch it.
+
+    Safe to share between threads: the ONNX Runtime session allows concurrent `run` calls, the
+    tokenizer is configured once here and only read afterwards (`encode_batch` takes `&self`), and
+    the cache is guarded by a lock.
     """
 
     def __init__(
@@ -187,13 +215,22 @@ class OnnxEmbedder:
         max_length: int,
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        query_cache_size: int = DEFAULT_QUERY_CACHE,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if query_cache_size < 0:
+            raise ValueError("query_cache_size cannot be negative")
         self.model_id = model_id
         self.dim = dim
         self.max_length = max_length
         self.batch_size = batch_size
+        #: How many times the ONNX graph ran (one per batch).
+        self.model_runs = 0
+        self._cache: OrderedDict[tuple[str, str], FloatMatrix] = OrderedDict()
+        self._cache_size = query_cache_size
+        self._cache_lock = threading.Lock()
+        self._hits = self._misses = 0
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -226,6 +263,34 @@ class OnnxEmbedder:
         items = list(texts)
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(items) == 1 and self._cache_size:
+            return self._embed_query(items[0])
+        return self._embed_texts(items)
+
+    def query_cache_info(self) -> QueryCacheInfo:
+        with self._cache_lock:
+            return QueryCacheInfo(self._hits, self._misses, len(self._cache), self._cache_size)
+
+    def _embed_query(self, text: str) -> FloatMatrix:
+        key = query_cache_key(self.model_id, text)
+        with self._cache_lock:
+            row = self._cache.get(key)
+            if row is not None:
+                self._cache.move_to_end(key)
+                self._hits += 1
+                return row.copy()
+            self._misses += 1
+        # Outside the lock: two threads missing on the same text both run the model, harmlessly.
+        row = self._embed_texts([text])
+        row.setflags(write=False)
+        with self._cache_lock:
+            self._cache[key] = row
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return row.copy()
+
+    def _embed_texts(self, items: list[str]) -> FloatMatrix:
         encodings = self._tokenizer.encode_batch(items, add_special_tokens=True)
         # Sorting by token length keeps padding inside each batch small.
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
@@ -236,6 +301,7 @@ class OnnxEmbedder:
         return out
 
     def _embed_batch(self, encodings: Sequence[Any]) -> FloatMatrix:
+        self.model_runs += 1
         width = max(len(e.ids) for e in encodings)
         shape = (len(encodings), width)
         feeds = {

@@ -205,3 +205,73 @@ async def get_answer(
             _answer.c.id == answer_id,
         )
     )
+
+
+# The tutorial pattern, for ``chartcite bench ask`` only: chunks copied with their vectors into
+# one table with a global HNSW index and no (source, patient_id) btree, searched with
+# ``WHERE patient_id = … ORDER BY embedding <=> q LIMIT k``. The table is TEMP: it lives on the
+# bench's own connection and goes with it, so the real schema is never touched.
+_NAIVE_TABLE = "bench_naive_chunk"
+# A temp table's pages live in the session's temp_buffers (8 MB by default): without room there
+# the naive side would pay for disk reads, not for its design.
+_NAIVE_TEMP_BUFFERS = "2GB"
+
+
+async def copy_naive_chunks(conn: AsyncConnection, access: AccessFilter) -> int:
+    """Copy one patient's chunks (each with its vector) into the naive table; HNSW indexes them."""
+    await conn.execute(text(f"SET temp_buffers = '{_NAIVE_TEMP_BUFFERS}'"))
+    await conn.execute(
+        text(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_NAIVE_TABLE} "
+            "(patient_id text NOT NULL, id text NOT NULL, embedding vector(384) NOT NULL)"
+        )
+    )
+    await conn.execute(
+        text(
+            f"CREATE INDEX IF NOT EXISTS {_NAIVE_TABLE}_hnsw ON {_NAIVE_TABLE} "
+            "USING hnsw (embedding vector_cosine_ops)"
+        )
+    )
+    result = await conn.execute(
+        text(
+            f"""
+INSERT INTO {_NAIVE_TABLE}
+SELECT c.patient_id, c.id, COALESCE(c.embedding, k.embedding)
+FROM chunk c LEFT JOIN concept k ON k.id = c.concept_id
+WHERE c.source = :src AND c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[]))
+  AND COALESCE(c.embedding, k.embedding) IS NOT NULL
+"""
+        ),
+        {"src": access.source, "pid": access.patient_id, "types": sorted(access.resource_types)},
+    )
+    return int(result.rowcount or 0)
+
+
+_NAIVE_SEARCH = text(
+    f"SELECT id, 1 - (embedding <=> CAST(:qvec AS vector)) AS similarity FROM {_NAIVE_TABLE} "
+    "WHERE patient_id = :pid ORDER BY embedding <=> CAST(:qvec AS vector) LIMIT :k"
+)
+
+
+async def naive_plan(
+    conn: AsyncConnection, access: AccessFilter, query_vector: np.ndarray, *, iterative_scan: str
+) -> str:
+    """``SET LOCAL hnsw.iterative_scan`` for this transaction; returns the naive query's plan."""
+    if iterative_scan not in ("off", "relaxed_order", "strict_order"):
+        raise ValueError(f"unknown hnsw.iterative_scan {iterative_scan!r}")
+    await conn.execute(text(f"SET LOCAL hnsw.iterative_scan = {iterative_scan}"))
+    params = {"pid": access.patient_id, "qvec": vector_literal(query_vector), "k": 5}
+    plan = await conn.execute(text(f"EXPLAIN (COSTS OFF) {_NAIVE_SEARCH.text}"), params)
+    # Node lines only: the detail lines (Order By, Filter) repeat the vector literal.
+    lines = [str(r[0]) for r in plan]
+    return " -> ".join(ln.strip().removeprefix("-> ") for ln in lines if ":" not in ln)
+
+
+async def naive_search(
+    conn: AsyncConnection, access: AccessFilter, query_vector: np.ndarray, *, k: int = 5
+) -> list[tuple[str, float]]:
+    """``(chunk id, similarity)`` of the naive query (filtered global HNSW): maybe fewer than k."""
+    rows = await conn.execute(
+        _NAIVE_SEARCH, {"pid": access.patient_id, "qvec": vector_literal(query_vector), "k": k}
+    )
+    return [(r.id, float(r.similarity)) for r in rows]

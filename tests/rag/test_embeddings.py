@@ -242,3 +242,50 @@ def test_importing_embeddings_does_not_import_torch() -> None:
         """
     )
     assert result.returncode == 0, result.stderr
+
+
+def _small_cache(model_dir: Path, size: int) -> OnnxEmbedder:
+    manifest = read_manifest(model_dir, verify=False)
+    return OnnxEmbedder(
+        model_dir / MODEL_FILE,
+        model_dir / "tokenizer.json",
+        model_id=manifest.model_id,
+        dim=manifest.dim,
+        max_length=manifest.max_length,
+        threads=1,
+        query_cache_size=size,
+    )
+
+
+def test_a_repeated_question_skips_the_model(model_dir: Path) -> None:
+    embedder = _small_cache(model_dir, 4)
+    first = embedder.embed(["What is the latest blood pressure?"])
+    assert embedder.model_runs == 1
+    again = embedder.embed(["  What is the latest   blood pressure? "])  # same normalized text
+    assert embedder.model_runs == 1
+    np.testing.assert_array_equal(first, again)
+    again[0, 0] = 42.0  # callers get a copy; the cached vector stays intact
+    np.testing.assert_array_equal(embedder.embed(["What is the latest blood pressure?"]), first)
+    info = embedder.query_cache_info()
+    assert (info.hits, info.misses, info.size) == (2, 1, 1)
+    # Batches (indexing) neither read nor fill the cache.
+    embedder.embed(["What is the latest blood pressure?", "knee"])
+    assert embedder.model_runs == 2 and embedder.query_cache_info().size == 1
+
+
+def test_the_question_cache_is_bounded_lru(model_dir: Path) -> None:
+    embedder = _small_cache(model_dir, 2)
+    for q in ("allergies?", "flu vaccine?", "allergies?", "active problems?"):
+        embedder.embed([q])
+    assert embedder.model_runs == 3 and embedder.query_cache_info().size == 2
+    embedder.embed(["allergies?"])  # used recently: kept
+    assert embedder.model_runs == 3
+    embedder.embed(["flu vaccine?"])  # least recently used: evicted, so the model runs again
+    assert embedder.model_runs == 4 and embedder.query_cache_info().size == 2
+
+
+def test_a_zero_size_cache_always_runs_the_model(model_dir: Path) -> None:
+    embedder = _small_cache(model_dir, 0)
+    embedder.embed(["allergies?"])
+    embedder.embed(["allergies?"])
+    assert embedder.model_runs == 2 and embedder.query_cache_info().size == 0
