@@ -270,7 +270,12 @@ async def _load(database: Any, settings: Any, charts: list[Chart], work: Path) -
                     if (r["resourceType"], r["id"]) not in seen:
                         seen.add((r["resourceType"], r["id"]))
                         out.write(json.dumps(r) + "\n")
-        await import_path(database, settings, folder, iss=iss)
+        started = time.perf_counter()
+        report = await import_path(database, settings, folder, iss=iss)
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items()))
+        print(
+            f"  {iss}: {report.patients} charts imported ({statuses}) in {time.perf_counter() - started:.0f}s"
+        )
 
 
 async def _run(
@@ -395,6 +400,13 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="cc-eval-", dir="/tmp"))  # short: unix socket path limit
     try:
         scores = asyncio.run(_run(questions, charts, work, debug=args.debug))
+    except Exception as exc:  # the pipeline under test could not load the charts
+        if args.debug:
+            raise
+        print(
+            f"chartcite eval: loading the charts failed ({type(exc).__name__}); rerun with --debug"
+        )
+        return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nsplit {args.split}: {len(scores)} questions\n")
