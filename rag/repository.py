@@ -254,12 +254,19 @@ _NAIVE_SEARCH = text(
 
 
 async def naive_plan(
-    conn: AsyncConnection, access: AccessFilter, query_vector: np.ndarray, *, iterative_scan: str
+    conn: AsyncConnection,
+    access: AccessFilter,
+    query_vector: np.ndarray,
+    *,
+    iterative_scan: str,
+    use_index: bool = True,
 ) -> str:
-    """``SET LOCAL hnsw.iterative_scan`` for this transaction; returns the naive query's plan."""
+    """``SET LOCAL hnsw.iterative_scan`` (and, without ``use_index``, no index scans: the exact
+    sequential scan) for this transaction; returns the naive query's plan."""
     if iterative_scan not in ("off", "relaxed_order", "strict_order"):
         raise ValueError(f"unknown hnsw.iterative_scan {iterative_scan!r}")
     await conn.execute(text(f"SET LOCAL hnsw.iterative_scan = {iterative_scan}"))
+    await conn.execute(text(f"SET LOCAL enable_indexscan = {'on' if use_index else 'off'}"))
     params = {"pid": access.patient_id, "qvec": vector_literal(query_vector), "k": 5}
     plan = await conn.execute(text(f"EXPLAIN (COSTS OFF) {_NAIVE_SEARCH.text}"), params)
     # Node lines only: the detail lines (Order By, Filter) repeat the vector literal.

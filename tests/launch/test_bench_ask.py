@@ -27,7 +27,13 @@ def test_a_tiny_run_prints_latencies_and_the_naive_ratio(
         assert re.search(rf"concurrent \(4 .*10 asks: server latency_ms {P50_P95}.* asks/s", out)
         assert re.search(rf"retrieval, ours .*{P50_P95}", out)
         assert re.search(rf"iterative_scan=relaxed_order\): {P50_P95}, [\d.]+ of 5 rows", out)
-        assert re.search(r"ours p50 [\d.]+ ms vs naive p50 [\d.]+ ms .*naive/ours = [\d.]+x", out)
+        assert re.search(
+            rf"exact sequential scan .*\): {P50_P95}, 5.00 of 5 rows .*recall@5 1.00", out
+        )
+        assert re.search(
+            r"ours p50 [\d.]+ ms .* vs naive p50 [\d.]+ ms .*naive/ours = [\d.]+x.* exact .*[\d.]+x",
+            out,
+        )
 
         # The same load again: the database is reused, nothing is imported a second time.
         assert main(["--patients", "3", "--asks", "0", "--data-dir", str(data_dir)]) == 0
