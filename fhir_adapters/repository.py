@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Text, and_, func, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import array
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhir_adapters.access import AccessFilter
@@ -32,28 +34,51 @@ def _patient(table: Any, access: AccessFilter) -> Any:
 
 
 async def stored_hashes(
-    conn: AsyncConnection, access: AccessFilter, keys: Sequence[tuple[str, str]]
+    conn: AsyncConnection, access: AccessFilter, keys: Sequence[tuple[str, str]] | None = None
 ) -> dict[tuple[str, str], str]:
-    """``{(type, id): content_hash}`` of the stored versions among ``keys``."""
-    if not keys:
+    """``{(type, id): content_hash}`` of the stored versions among ``keys`` (``None``: all of the
+    patient's, in one query)."""
+    if keys is not None and not keys:
         return {}
-    rows = await conn.execute(
-        select(_res.c.resource_type, _res.c.id, _res.c.content_hash).where(
-            _patient(_res, access), tuple_(_res.c.resource_type, _res.c.id).in_(list(keys))
-        )
+    stmt = select(_res.c.resource_type, _res.c.id, _res.c.content_hash).where(
+        _patient(_res, access)
     )
+    if keys is not None:
+        stmt = stmt.where(tuple_(_res.c.resource_type, _res.c.id).in_(list(keys)))
+    rows = await conn.execute(stmt)
     return {(r.resource_type, r.id): r.content_hash for r in rows}
 
 
-_UPSERT_RESOURCE = text(
+# One statement per batch: the rows go as arrays, a version whose hash is stored is left alone
+# (``WHERE ... IS DISTINCT FROM``), and RETURNING names what was written. ``stored`` reads the
+# table as it was before the statement (a data-modifying CTE's effects are invisible to the rest
+# of its statement), which tells a new resource from a changed one.
+_UPSERT_RESOURCES = text(
     """
-INSERT INTO fhir_resource
-  (source, patient_id, resource_type, id, version_id, last_updated, content_hash, content, synced_at)
-VALUES (:source, :patient_id, :resource_type, :id, :version_id, :last_updated, :content_hash,
-        CAST(:content AS jsonb), :synced_at)
-ON CONFLICT (source, patient_id, resource_type, id) DO UPDATE SET
-  version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated,
-  content_hash = EXCLUDED.content_hash, content = EXCLUDED.content, synced_at = EXCLUDED.synced_at
+WITH batch AS (
+  SELECT * FROM unnest(CAST(:types AS text[]), CAST(:ids AS text[]), CAST(:versions AS text[]),
+                       CAST(:updated AS timestamptz[]), CAST(:hashes AS text[]),
+                       CAST(:contents AS text[]))
+    AS b(resource_type, id, version_id, last_updated, content_hash, content)
+), written AS (
+  INSERT INTO fhir_resource
+    (source, patient_id, resource_type, id, version_id, last_updated, content_hash, content,
+     synced_at)
+  SELECT :source, :patient_id, resource_type, id, version_id, last_updated, content_hash,
+         CAST(content AS jsonb), :synced_at
+  FROM batch
+  ON CONFLICT (source, patient_id, resource_type, id) DO UPDATE SET
+    version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated,
+    content_hash = EXCLUDED.content_hash, content = EXCLUDED.content,
+    synced_at = EXCLUDED.synced_at
+  WHERE fhir_resource.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+  RETURNING resource_type, id
+)
+SELECT w.resource_type, w.id, stored.id IS NOT NULL AS existed
+FROM written w
+LEFT JOIN fhir_resource stored
+  ON stored.source = :source AND stored.patient_id = :patient_id
+ AND stored.resource_type = w.resource_type AND stored.id = w.id
 """
 )
 
@@ -71,53 +96,69 @@ async def store_resources(
     """
     if not items:
         return {}
-    known = await stored_hashes(conn, access, [(r["resourceType"], r["id"]) for r, _ in items])
     given = texts or {}
-    outcome: dict[tuple[str, str], str] = {}
-    rows = []
-    now = _now()
-    for resource, digest in items:
-        key = (resource["resourceType"], resource["id"])
-        before = known.get(key)
-        outcome[key] = "same" if before == digest else ("changed" if before else "new")
-        if before != digest:
-            meta = resource.get("meta") or {}
-            rows.append(
-                {
-                    "source": access.source,
-                    "patient_id": access.patient_id,
-                    "resource_type": key[0],
-                    "id": key[1],
-                    "version_id": meta.get("versionId"),
-                    "last_updated": parse_date(meta.get("lastUpdated")),
-                    "content_hash": digest,
-                    "content": given.get(key) or canonical_json(resource),
-                    "synced_at": now,
-                }
-            )
-    if rows:
-        # executemany of one prepared statement; the JSON goes as text and Postgres parses it.
-        await conn.execute(_UPSERT_RESOURCE, rows)
+    # One row per key, the last one winning (as a sequence of upserts would end).
+    latest = {(r["resourceType"], r["id"]): (r, digest) for r, digest in items}
+    metas = [r.get("meta") or {} for r, _ in latest.values()]
+    rows = await conn.execute(
+        _UPSERT_RESOURCES,
+        {
+            "source": access.source,
+            "patient_id": access.patient_id,
+            "synced_at": _now(),
+            "types": [k[0] for k in latest],
+            "ids": [k[1] for k in latest],
+            "versions": [m.get("versionId") for m in metas],
+            "updated": [parse_date(m.get("lastUpdated")) for m in metas],
+            "hashes": [digest for _, digest in latest.values()],
+            "contents": [given.get(k) or canonical_json(r) for k, (r, _) in latest.items()],
+        },
+    )
+    outcome = dict.fromkeys(latest, "same")
+    for r in rows:
+        outcome[(r.resource_type, r.id)] = "changed" if r.existed else "new"
     return outcome
+
+
+#: Every ``Fact`` field after the key, each a ``clinical_fact`` column.
+_fact_names = [f.name for f in fields(Fact) if f.name not in ("resource_type", "id")]
+_fact_json = {n for n in _fact_names if isinstance(_fact.c[n].type, postgresql.JSONB)}
+
+
+def _array_type(column: str) -> str:
+    """The Postgres array type a fact column's values are sent as (JSONB goes as JSON text)."""
+    if column in _fact_json:
+        return "text[]"
+    return f"{_fact.c[column].type.compile(dialect=postgresql.dialect())}[]"
+
+
+# One statement per batch, the rows as arrays. A re-projected fact is re-indexed (its text may
+# have changed with the same raw version, e.g. a note whose Binary could be read this time).
+_UPSERT_FACTS = text(
+    f"""
+INSERT INTO clinical_fact (source, patient_id, resource_type, id, {", ".join(_fact_names)})
+SELECT :source, :patient_id, resource_type, id,
+       {", ".join(f"CAST({n} AS jsonb)" if n in _fact_json else n for n in _fact_names)}
+FROM unnest(CAST(:resource_type AS text[]), CAST(:id AS text[]),
+            {", ".join(f"CAST(:{n} AS {_array_type(n)})" for n in _fact_names)})
+  AS f(resource_type, id, {", ".join(_fact_names)})
+ON CONFLICT (source, patient_id, resource_type, id) DO UPDATE SET
+  {", ".join(f"{n} = EXCLUDED.{n}" for n in _fact_names)}, indexed_hash = NULL
+"""
+)
 
 
 async def store_facts(conn: AsyncConnection, access: AccessFilter, facts: Sequence[Fact]) -> None:
     if not facts:
         return
-    key = ("source", "patient_id", "resource_type", "id")
-    # vars(), not asdict(): asdict deep-copies every detail dict (measured: a third of the cost).
-    rows = [{"source": access.source, "patient_id": access.patient_id, **vars(f)} for f in facts]
-    stmt = pg_insert(_fact)
-    cols = [c.name for c in _fact.c if c.name not in key and c.name != "indexed_hash"]
-    # A re-projected fact is re-indexed (its text may have changed with the same raw version,
-    # e.g. a note whose Binary could be read this time).
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=list(key),
-            set_={**{c: stmt.excluded[c] for c in cols}, "indexed_hash": None},
-        ),
-        rows,
-    )
+    # One row per key, the last one winning (as a sequence of upserts would end).
+    latest = list({(f.resource_type, f.id): f for f in facts}.values())
+    params: dict[str, Any] = {"source": access.source, "patient_id": access.patient_id}
+    for name in ("resource_type", "id", *_fact_names):
+        params[name] = [getattr(f, name) for f in latest]
+    for name in _fact_json:
+        params[name] = [json.dumps(v) for v in params[name]]
+    await conn.execute(_UPSERT_FACTS, params)
 
 
 async def quarantine(

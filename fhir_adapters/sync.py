@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -56,6 +56,8 @@ _BATCH = 500
 #: Reconciled first, so questions about them are answerable before notes are read.
 STRUCTURED_TYPES = CLINICAL_TYPES - {"DocumentReference"}
 _DEP_READS = 4  # concurrent Medication/Binary reads
+#: A checked page: content hashes, validation verdicts of the new versions, canonical JSON texts.
+_Checked = tuple[list[str], dict[int, str | None], list[str | None]]
 
 
 @dataclass
@@ -114,6 +116,10 @@ class Puller:
         self.progress = progress
         self.result = PullResult()
         self._seen: set[tuple[str, str]] = set()
+        #: Content hashes stored when the fetch began: a page's version found here was validated
+        #: when it was stored, so it is not validated again. Only that: what is stored, changed or
+        #: not is decided by the upsert itself.
+        self._known: dict[tuple[str, str], str] | None = None
         self._last: tuple[str, float] = ("", 0.0)
 
     async def run(self, *, since: datetime | None = None) -> PullResult:
@@ -167,6 +173,8 @@ class Puller:
         client = self.client
         pid = self.access.patient_id
         caps = await client.capabilities()
+        async with self.engine.connect() as conn:
+            self._known = await repo.stored_hashes(conn, self.access)
         wanted = (CLINICAL_TYPES | {"Patient"}) & self.access.resource_types
         if FhirClient.supports_everything(caps):
             params: dict[str, Any] = {"_count": self.page_size}
@@ -201,20 +209,7 @@ class Puller:
     async def _source(self, key: str, path: str, params: dict[str, Any]) -> bool:
         """Store every page of one search; ``False`` (with the error recorded) if it broke off."""
         try:
-            # A three-stage pipeline: the client fetches page k+2 while page k+1 is validated
-            # (worker process) and page k is stored; pages still commit in order.
-            # A page already checked is stored even when the next one fails.
-            storing: asyncio.Task[None] | None = None
-            try:
-                async with aclosing(self.client.pages(path, params)) as pages:
-                    async for page in pages:
-                        checked = await self._check(page)
-                        if storing is not None:
-                            await storing
-                        storing = asyncio.create_task(self._store(page, *checked))
-            finally:
-                if storing is not None:
-                    await storing
+            await self._pipeline(path, params)
         except FhirNotFound:
             if key == "everything":
                 raise
@@ -227,6 +222,47 @@ class Puller:
             return False
         return True
 
+    async def _pipeline(self, path: str, params: dict[str, Any]) -> None:
+        """Fetch, check and store the pages of one search, overlapped; pages commit in order.
+
+        The client fetches page k+2 while page k+1 is checked and page k is stored. A page's check
+        starts as soon as it arrives, so its validation waits in the worker's queue behind the
+        previous page's instead of the worker idling between pages (measured: a third of the
+        worker's time was such gaps). Every page that arrived is stored, even when a later one
+        fails: the error is raised after them.
+        """
+        checking: deque[tuple[list[Any], asyncio.Task[_Checked]]] = deque()
+        storing: asyncio.Task[None] | None = None
+
+        async def store_next() -> None:
+            nonlocal storing
+            page, check = checking.popleft()
+            checked = await check
+            if storing is not None:
+                await storing
+            storing = asyncio.create_task(self._store(page, *checked))
+
+        assert self.client is not None
+        try:
+            try:
+                async with aclosing(self.client.pages(path, params)) as pages:
+                    async for page in pages:
+                        checking.append((page, asyncio.create_task(self._check(page))))
+                        if len(checking) > 1:
+                            await store_next()
+            except FhirAdapterError:
+                while checking:  # what arrived is stored before the error is reported
+                    await store_next()
+                raise
+            while checking:
+                await store_next()
+        finally:
+            for _, check in checking:
+                check.cancel()
+            await asyncio.gather(*(c for _, c in checking), return_exceptions=True)
+            if storing is not None:
+                await storing
+
     def _wanted(self, rtype: Any) -> bool:
         """Is this a type the sync stores for this session (others are skipped unvalidated)?"""
         return rtype in SUPPORT_TYPES or (rtype in CLINICAL_TYPES and self.access.allows(rtype))
@@ -235,21 +271,19 @@ class Puller:
         """Check and store one page (resources read one by one)."""
         await self._store(page, *await self._check(page))
 
-    async def _check(
-        self, page: list[Any]
-    ) -> tuple[list[str], dict[int, str | None], list[str | None]]:
+    async def _check(self, page: list[Any]) -> _Checked:
         """Content hashes, and the validation verdict of every resource not already stored."""
-        keyed = [
-            r
-            for r in page
-            if isinstance(r, dict)
-            and isinstance(r.get("resourceType"), str)
-            and isinstance(r.get("id"), str)
-        ]
-        async with self.engine.connect() as conn:
-            known = await repo.stored_hashes(
-                conn, self.access, [(r["resourceType"], r["id"]) for r in keyed]
-            )
+        known = self._known
+        if known is None:
+            keys = [
+                (r["resourceType"], r["id"])
+                for r in page
+                if isinstance(r, dict)
+                and isinstance(r.get("resourceType"), str)
+                and isinstance(r.get("id"), str)
+            ]
+            async with self.engine.connect() as conn:
+                known = await repo.stored_hashes(conn, self.access, keys)
         texts = [canonical_json(r) if isinstance(r, dict) else None for r in page]
         digests = [
             content_hash(r, t) if t is not None else "" for r, t in zip(page, texts, strict=True)
