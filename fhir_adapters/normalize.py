@@ -86,6 +86,13 @@ def validate(resource: Any, text: str | None = None) -> dict[str, Any]:
 
     ``text`` is the resource's JSON, when the caller has it (saves serialising it again).
     """
+    rtype = resource_type_of(resource)
+    validate_json(rtype, text if text is not None else json.dumps(resource))
+    return resource  # type: ignore[no-any-return]
+
+
+def resource_type_of(resource: Any) -> str:
+    """The ``resourceType`` of an object with a type and an id; else ``InvalidResource``."""
     if not isinstance(resource, dict):
         raise InvalidResource("not a JSON object")
     rtype = resource.get("resourceType")
@@ -93,6 +100,12 @@ def validate(resource: Any, text: str | None = None) -> dict[str, Any]:
         raise InvalidResource("missing resourceType")
     if not isinstance(resource.get("id"), str) or not resource["id"]:
         raise InvalidResource(f"{rtype} without id")
+    return rtype
+
+
+def validate_json(rtype: str, text: str) -> None:
+    """Validate a resource's JSON text against the R4B model of ``rtype`` (the text is not parsed
+    into dicts first: a validation worker gets only the text)."""
     try:
         model = get_fhir_model_class(rtype)
     except (KeyError, ValueError, AttributeError, ImportError):
@@ -100,13 +113,12 @@ def validate(resource: Any, text: str | None = None) -> dict[str, Any]:
     try:
         # JSON mode: the input is FHIR JSON, and pydantic validates it ~1.7x faster from text
         # than from dicts (measured: 947 resources 0.27 s vs 0.46 s, json.dumps included).
-        model.model_validate_json(text if text is not None else json.dumps(resource))
+        model.model_validate_json(text)
     except ValidationError as exc:
         parts = sorted(
             {f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['type']}" for e in exc.errors()}
         )
         raise InvalidResource("; ".join(parts[:10])) from None
-    return resource
 
 
 def parse_date(value: Any) -> datetime | None:

@@ -20,15 +20,21 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from fhir_adapters.normalize import InvalidResource, validate, warm_up
+from fhir_adapters.normalize import (
+    InvalidResource,
+    resource_type_of,
+    validate,
+    validate_json,
+    warm_up,
+)
 
 
-def check_json(texts: list[str]) -> list[str | None]:
-    """For each resource's JSON text: ``None`` if valid, else the reason (runs in a worker)."""
+def check_json(items: list[tuple[str, str]]) -> list[str | None]:
+    """For each (resourceType, JSON text): ``None`` if valid, else the reason (runs in a worker)."""
     out: list[str | None] = []
-    for raw in texts:
+    for rtype, raw in items:
         try:
-            validate(json.loads(raw), raw)
+            validate_json(rtype, raw)
             out.append(None)
         except InvalidResource as exc:
             out.append(exc.reason)
@@ -86,11 +92,25 @@ class Validator:
         if self._pool is None:
             return check(resources)
         given = texts or [None] * len(resources)
-        texts_ = [
-            t if t is not None else json.dumps(r) for r, t in zip(resources, given, strict=True)
-        ]
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, check_json, texts_)
+        # The shape checks run here, on the dicts at hand: the worker gets only (type, text), and
+        # does not parse the text into dicts a second time.
+        verdicts: list[str | None] = [None] * len(resources)
+        sent: list[int] = []
+        items: list[tuple[str, str]] = []
+        for i, (r, t) in enumerate(zip(resources, given, strict=True)):
+            try:
+                rtype = resource_type_of(r)
+            except InvalidResource as exc:
+                verdicts[i] = exc.reason
+                continue
+            sent.append(i)
+            items.append((rtype, t if t is not None else json.dumps(r)))
+        if items:
+            loop = asyncio.get_running_loop()
+            got = await loop.run_in_executor(self._pool, check_json, items)
+            for i, reason in zip(sent, got, strict=True):
+                verdicts[i] = reason
+        return verdicts
 
     async def start(self) -> None:
         """Spawn and warm the workers now (not during the first sync)."""
