@@ -341,6 +341,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write every score as JSON here")
     p.add_argument("--limit", type=int, help="score only the first N questions (smoke runs)")
     p.add_argument("--debug", action="store_true", help="print the traceback of a failed answer")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the scratch database in DIR and reuse it next time (re-imports are no-ops)",
+    )
     p.add_argument("--generate", type=Path, metavar="OUT", help="write a question set instead")
     p.add_argument("--patients", type=int, default=20, help="with --generate: sandbox patients")
     p.add_argument("--per-phrasing", type=int, default=3, help="with --generate: questions each")
@@ -397,7 +403,13 @@ def main(argv: list[str]) -> int:
     if not questions:
         print("no questions left to score")
         return 0
-    work = Path(tempfile.mkdtemp(prefix="cc-eval-", dir="/tmp"))  # short: unix socket path limit
+    if args.keep:
+        work = args.keep.resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        for old in work.glob("charts-*"):
+            shutil.rmtree(old)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="cc-eval-", dir="/tmp"))  # short: unix socket limit
     try:
         scores = asyncio.run(_run(questions, charts, work, debug=args.debug))
     except Exception as exc:  # the pipeline under test could not load the charts
@@ -408,7 +420,8 @@ def main(argv: list[str]) -> int:
         )
         return 1
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"\nsplit {args.split}: {len(scores)} questions\n")
     print(report(scores))
     if args.json:

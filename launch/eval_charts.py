@@ -180,6 +180,12 @@ def _word(term: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![a-z0-9]){re.escape(term.lower())}(?![a-z0-9])")
 
 
+def _stem(term: str) -> re.Pattern[str]:
+    """A word starting with ``term`` ("mammograph" finds "Mammography", "electrocardiograph"
+    finds "Electrocardiographic")."""
+    return re.compile(rf"(?<![a-z0-9]){re.escape(term.lower())}")
+
+
 @dataclass
 class ChartView:
     """Ground-truth questions over one chart's raw resources, all bounded by ``chart.now``."""
@@ -232,8 +238,9 @@ class ChartView:
         return node
 
     def mentions(self, terms: Iterable[str], rtype: str | None = None) -> bool:
-        """Whether any term is a word of any coded display/text in the chart (or one type's)."""
-        pats = [_word(t) for t in terms]
+        """Whether any term starts a word of any coded display/text in the chart (or one type's);
+        generous on purpose: an "absent" concept must be really absent."""
+        pats = [_stem(t) for t in terms]
         texts = self.vocab.get(rtype, []) if rtype else [t for v in self.vocab.values() for t in v]
         return any(p.search(t) for p in pats for t in texts)
 
@@ -329,7 +336,7 @@ class ChartView:
         every = self._items("Procedure", ("performedDateTime", "performedPeriod.start"))
         if match is None:
             return every
-        pats = [_word(m) for m in match]
+        pats = [_stem(m) for m in match]
         return [
             i
             for i in every

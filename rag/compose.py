@@ -346,9 +346,7 @@ def kind_statements(
         lead.append(Statement(kind="notice", text="No active order of it; earlier orders follow."))
     else:
         facts = filtered
-    if kind == "encounters" and (
-        {"emergency", "er", "ed"} & set(intent.terms) or "er " in " ".join(intent.terms)
-    ):
+    if kind == "encounters" and ({"emergency", "er", "ed"} & set(intent.terms)):
         facts = [f for f in facts if _is_emergency(f)]
     if kind == "encounters" or (kind == "procedures" and not named):
         return _listing(kind, facts, intent, window)
@@ -375,6 +373,15 @@ def kind_statements(
         picked = _pick(series, intent.op) if intent.op in ("latest", "first") else series
         chosen += picked
         out.append(Statement(text=_group_sentence(kind, name, picked), citations=_refs(picked)))
+    if intent.current_list and kind in ("medications", "conditions") and out:
+        what = "active medication orders" if kind == "medications" else "active problems"
+        lead.append(
+            Statement(
+                kind="notice",
+                text=f"Showing {what} only; ask for all {KIND_LABEL[kind].lower()} to include "
+                "stopped, completed or resolved ones.",
+            )
+        )
     return chosen, out + lead
 
 

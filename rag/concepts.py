@@ -97,6 +97,11 @@ def _phrase_re(phrase: str, plural: bool = False) -> str:
     return r"(?<![a-z0-9])" + body + (r"(?:e?s)?" if plural else "") + r"(?![a-z0-9])"
 
 
+def contains_phrase(text_: str, phrase: str) -> bool:
+    """Does ``phrase`` (normalized) occur in ``text_`` as whole words?"""
+    return re.search(_phrase_re(phrase), normalize(text_)) is not None
+
+
 def display_component(display: str, system: str | None = None) -> tuple[str, str]:
     """A display's (component, specimen): for a LOINC long name, the text before the first ``[``
     and the system after `` in ``; other displays are their own component."""
@@ -295,6 +300,7 @@ _COMMON = wordset(
     does did done been being show shown list listed all every each any some most recent mostly
     blood serum plasma total mass volume moles count ratio method calculated automated presence
     urine body tablet tablets oral capsule injection release extended hour finding
+    longer anymore
     """
 )
 

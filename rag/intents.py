@@ -139,7 +139,15 @@ _ACTIVE = re.compile(
     r"\b(active|current|currently|ongoing|still|now|present|presently|open)\b|\bis (?:she|he|pt|"
     r"the patient) on\b|\btaking\b"
 )
-_RESOLVED = re.compile(r"\b(resolved|past|former|inactive|previous|prior|old|healed|history of)\b")
+_RESOLVED = re.compile(
+    r"\b(resolved|past|former|inactive|previous|prior|old|healed)\b|\bno longer\b|\bnot (?:active|"
+    r"current)\b"
+)
+#: A list question that wants everything, not just what is current.
+_ALL = re.compile(
+    r"\b(all|every|ever|history|hx|pmh|previous(?:ly)?|prior|past|lifetime|any)\b|\bh/o\b|"
+    r"\b(?:been|were) prescribed\b"
+)
 _SECTIONS = {
     "plan": r"\bplan\b|next steps|\bdecided?\b",
     "assessment": r"\bassessment\b|impression",
@@ -169,6 +177,8 @@ class Intent:
     exists: bool = False
     #: "active" / "resolved" for problems and medications, else None.
     status: str | None = None
+    #: ``status`` is "active" only because a bare list was asked for ("meds", "problem list").
+    current_list: bool = False
     section: str | None = None
     patient_fields: frozenset[str] = frozenset()
 
@@ -300,8 +310,15 @@ def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> 
     status = None
     if _RESOLVED.search(q) and not re.search(r"\bprevious(?:ly)? prescribed\b", q):
         status = "resolved"
-    if _ACTIVE.search(q):
+    if _ACTIVE.search(q) and not re.search(r"\bno longer\b|\bnot (?:active|current)", q):
         status = "active"
+    current_list = (
+        status is None and not mentions and since is None and until is None and not _ALL.search(q)
+    )
+    if current_list:
+        status = "active"  # "meds", "problem list": the current list, said so in a notice
+    if "allergies" in kinds and not re.search(r"\bmed(?:ication)?s\b|prescri|\brx\b", q):
+        kinds.discard("medications")  # "drug allergies", "allergic to asa?" ask about allergies
     return Intent(
         kinds=frozenset(kinds),
         mentions=mentions,
@@ -313,6 +330,7 @@ def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> 
         count=_COUNT.search(q) is not None,
         exists=_EXISTS.search(q) is not None,
         status=status,
+        current_list=current_list,
         section=section,
         patient_fields=patient_fields,
     )
