@@ -227,7 +227,9 @@ async def answer_question(
             )
         cite(chosen)
         statements += stmts
-        if not chosen and kind not in missing_kinds:
+        if not chosen and kind == "encounters" and intent.emergency:
+            res.missing.append((kind, "emergency encounter"))
+        elif not chosen and kind not in missing_kinds:
             empty_kinds.append(kind)
 
     if "patient" in wanted:

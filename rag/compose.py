@@ -273,9 +273,10 @@ def observation_statements(
                 )
             )
             continue
-        picked = _pick(series, intent.op)
+        op = intent.op or (None if intent.series else "latest")  # "bp?": the current value
+        picked = _pick(series, op)
         chosen += picked
-        prefix = _OP_WORD.get(intent.op or "")
+        prefix = _OP_WORD.get(op or "")
         if prefix:
             for f in picked:
                 out.append(
@@ -346,7 +347,7 @@ def kind_statements(
         lead.append(Statement(kind="notice", text="No active order of it; earlier orders follow."))
     else:
         facts = filtered
-    if kind == "encounters" and ({"emergency", "er", "ed"} & set(intent.terms)):
+    if kind == "encounters" and intent.emergency:
         facts = [f for f in facts if _is_emergency(f)]
     if kind == "encounters" or (kind == "procedures" and not named):
         return _listing(kind, facts, intent, window)

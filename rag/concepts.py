@@ -215,9 +215,13 @@ class Lexicon:
             return False
         component, _ = display_component(display, system)
         target = component if resource_type == "Observation" else normalize(display)
-        narrower = {normalize(w) for w in self.entries[claimed].words}
+        narrower = (
+            None
+            if resource_type == "MedicationRequest"
+            else {normalize(w) for w in self.entries[claimed].words}
+        )
         return any(
-            phrase in narrower and pattern.search(target)
+            (narrower is None or phrase in narrower) and pattern.search(target)
             for phrase, pattern, eid in self._word_index
             if eid == entry.id
         )

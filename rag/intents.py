@@ -42,11 +42,11 @@ _KIND_PATTERNS = {
     r"\bdose\b|dosage|\bon any\b",
     "conditions": r"condition|diagnos|problem|disease|comorbid|medical history|\bdx\b|\bpmh\b",
     "allergies": r"allerg|intoleran|adverse reaction|\bnkda\b",
-    "immunizations": r"immuni[sz]|vaccin|\bshots?\b|\bjabs?\b",
-    "procedures": r"procedure|surger|surgical|operation|operated",
+    "immunizations": r"immuni[sz]|vaccin|\bshots?\b|\bjabs?\b|\bvaxx?\b",
+    "procedures": r"procedure|\bprocs?\b|surger|surgical|operation|operated",
     "encounters": r"\bvisits?\b|encounter|appointment|\bappts?\b|admission|admitted|seen in clinic|"
     r"\bseen\b|\ber\b|\bed visit|hospitali[sz]|\bc[ao]me in\b",
-    "notes": r"\bnotes?\b|\bplan\b|follow[- ]?up|documented|\bassessment\b|narrative|\bsaid\b|"
+    "notes": r"\bnotes?\b|\bplan\b|\ba/p\b|follow[- ]?up|documented|\bassessment\b|narrative|\bsaid\b|"
     r"counsel|\bdecided?\b",
     "labs": r"\blabs?\b|laborator|test results?|\bresults?\b|\bvalues?\b|\blevels?\b|bloodwork|"
     r"blood work",
@@ -128,7 +128,13 @@ _LATEST = re.compile(
 _FIRST = re.compile(r"\b(first|earliest|initial|oldest|original|baseline)\b")
 _HIGHEST = re.compile(r"\b(highest|max|maximum|peak|largest|worst)\b")
 _LOWEST = re.compile(r"\b(lowest|min|minimum|smallest)\b")
-_COUNT = re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b|\bhow often\b")
+_COUNT = re.compile(r"\bhow many\b|\bnumber of\b|#\s*of\b|\bcount\b|\bhow often\b")
+#: Words that ask for a series of results rather than the current value ("a1c?" is the latest).
+_SERIES = re.compile(
+    r"\b(trends?|trending|all|every|each|history|hx|series|readings|values|results|levels|"
+    r"over time|changed?|changes|graph|chart|log|dates|since|ever)\b|\bhow ha(?:s|ve)\b"
+)
+_EMERGENCY = re.compile(r"\b(er|ed|emergency|a&e|urgent care)\b")
 _EXISTS = re.compile(
     r"^(?:has|have|had|is|was|were|does|did|do|any|ever)\b|\bany (?:history|hx) of\b|"
     r"\bhistory of\b|\bhx of\b|\bh/o\b|\btried\b|\bon file\b|"
@@ -149,7 +155,7 @@ _ALL = re.compile(
     r"\b(?:been|were) prescribed\b"
 )
 _SECTIONS = {
-    "plan": r"\bplan\b|next steps|\bdecided?\b",
+    "plan": r"\bplan\b|\ba/p\b|next steps|\bdecided?\b",
     "assessment": r"\bassessment\b|impression",
     "subjective": r"\bsubjective\b|\bhpi\b|history of present illness|chief complaint|\bcc\b",
     "medications": r"\bmedications? (?:section|list) in the note\b",
@@ -173,6 +179,11 @@ class Intent:
     terms: tuple[str, ...] = field(default=())
     #: "latest", "first", "highest", "lowest" or None (every matching item).
     op: str | None = None
+    #: A lab/vital question without an operator, window or series word ("bp?", "whats her a1c")
+    #: asks for the current value.
+    series: bool = True
+    #: Emergency visits only ("how many ER visits").
+    emergency: bool = False
     count: bool = False
     exists: bool = False
     #: "active" / "resolved" for problems and medications, else None.
@@ -328,6 +339,8 @@ def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> 
         terms=terms(question),
         op=op,
         count=_COUNT.search(q) is not None,
+        series=bool(_SERIES.search(q)) or since is not None or until is not None,
+        emergency=_EMERGENCY.search(q) is not None,
         exists=_EXISTS.search(q) is not None,
         status=status,
         current_list=current_list,
@@ -346,7 +359,7 @@ _KIND_WORDS = wordset(
         "shows screening visit emergency er ed room hospital hospitalized hospitalization "
         "admitted clinic office jab jabs immunised immunized pmh nkda dob yr yrs mo mos ago "
         "within through starting file pls appt appts come came decide decided tried baseline "
-        "peak office reading"
+        "peak office reading procs proc vax vaxx"
     )
 )
 

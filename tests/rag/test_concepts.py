@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag.concepts import display_component
-from tests.rag.lexicon_rows import small_lexicon
+from rag.concepts import Lexicon, display_component
+from tests.rag.lexicon_rows import ROWS, small_lexicon
 
 LEX = small_lexicon()
 
@@ -57,3 +57,32 @@ def test_display_component() -> None:
         "serum or plasma",
     )
     assert display_component("Body Weight") == ("body weight", "")
+
+
+def test_a_combination_product_is_each_of_its_ingredients() -> None:
+    rows = [
+        *ROWS,
+        {
+            "id": "acetaminophen",
+            "kind": "medication",
+            "label": "acetaminophen",
+            "terms": ["tylenol"],
+            "codes": [],
+            "words": ["acetaminophen"],
+        },
+        {
+            "id": "oxycodone",
+            "kind": "medication",
+            "label": "oxycodone",
+            "terms": ["oxycodone"],
+            "codes": [],
+            "words": ["oxycodone hydrochloride"],
+        },
+    ]
+    lex = Lexicon.from_rows(rows)
+    percocet = "Acetaminophen 325 MG / Oxycodone Hydrochloride 10 MG Oral Tablet [Percocet]"
+    assert lex.claim("MedicationRequest", None, "1", percocet) == "oxycodone"
+    assert lex.covers(lex.entries["acetaminophen"], "MedicationRequest", None, "1", percocet)
+    # For results, a narrower claim is not taken by a broader entry's word.
+    ldl = "Cholesterol in LDL [Mass/volume] in Serum or Plasma"
+    assert not lex.covers(lex.entries["cholesterol"], "Observation", None, "18262-6", ldl)

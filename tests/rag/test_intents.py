@@ -114,3 +114,19 @@ def test_patient_fields_and_unknown_names() -> None:
     assert "patient" not in parse("name of her statin").kinds
     assert parse("Has she been prescribed zolpidem?").words == ("zolpidem",)
     assert parse("any history of sarcoidosis").words == ("sarcoidosis",)
+
+
+def test_terse_lab_questions_ask_for_the_current_value() -> None:
+    assert not parse("bp?").series and not parse("whats her a1c").series
+    assert parse("bp trend").series and parse("how has her blood pressure been").series
+    assert parse("a1c since 2024").series and parse("all ldl results").series
+
+
+def test_shorthand_kinds_counts_and_sections() -> None:
+    procs = parse("any procs last 1 yrs")
+    assert "procedures" in procs.kinds and procs.words == () and procs.since is not None
+    assert parse("# of visits since jun 2023").count
+    assert parse("a/p from most recent visit").section == "plan"
+    assert "encounters" not in parse("a/p from most recent visit").kinds
+    assert parse("how many ER visits in the last 2 years").emergency
+    assert not parse("number of encounters in 2024").emergency  # "er" inside a word is not ER
