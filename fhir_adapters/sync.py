@@ -121,6 +121,7 @@ class Puller:
         #: not is decided by the upsert itself.
         self._known: dict[tuple[str, str], str] | None = None
         self._last: tuple[str, float] = ("", 0.0)
+        self._trailing: asyncio.Task[None] | None = None
 
     async def run(self, *, since: datetime | None = None) -> PullResult:
         started = time.perf_counter()
@@ -369,12 +370,29 @@ class Puller:
         )
 
     async def _report(self, phase: str) -> None:
-        """Progress, at most four times a second within a phase (each report is a write)."""
-        now = time.monotonic()
-        if self.progress is None or (phase == self._last[0] and now - self._last[1] < 0.25):
+        """Progress, at most four times a second within a phase (each report is a write).
+
+        A report held back by that limit is written when the quarter second is over, so the
+        counts shown never lag behind what is stored (a stalled page must not hide the page
+        before it)."""
+        if self.progress is None:
             return
+        now = time.monotonic()
+        if phase == self._last[0] and now - self._last[1] < 0.25:
+            if self._trailing is None or self._trailing.done():
+                delay = 0.25 - (now - self._last[1])
+                self._trailing = asyncio.create_task(self._report_later(phase, delay))
+            return
+        if self._trailing is not None and not self._trailing.done():
+            self._trailing.cancel()
         self._last = (phase, now)
         await self.progress(phase, dict(self.result.counts), self.result.quarantined)
+
+    async def _report_later(self, phase: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._last[0] == phase:  # a later phase has not begun
+            self._last = (phase, time.monotonic())
+            await self.progress(phase, dict(self.result.counts), self.result.quarantined)  # type: ignore[misc]
 
 
 def _project(
