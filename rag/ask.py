@@ -19,12 +19,20 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhir_adapters import AccessFilter, existing_refs, get_resource, list_facts
+from fhir_adapters import AccessFilter, existing_refs, fact_codes, get_resource, list_facts
 from rag import compose, concepts
 from rag import repository as repo
 from rag.answer import AnswerBody, CitationInfo, Statement
 from rag.citations import cited_refs, validate_statements
-from rag.concepts import KIND_NOUN, Entry, Lexicon, chart_codes, lexicon, similar_concepts
+from rag.concepts import (
+    KIND_NOUN,
+    KIND_RESOURCE,
+    Entry,
+    Lexicon,
+    display_words,
+    lexicon,
+    similar_concepts,
+)
 from rag.embeddings import Embedder
 from rag.intents import ENTRY_KIND, KIND_TYPES, Intent, parse_question
 
@@ -34,8 +42,16 @@ from rag.intents import ENTRY_KIND, KIND_TYPES, Intent, parse_question
 #: threshold with precision >= 0.99 (0.994, recall 0.04); 0.70 had precision 0.91. A concept this
 #: misses falls back to abstaining, which is safe; a wrong one would be a wrong answer.
 CONCEPT_SIMILARITY = 0.85
-_STRUCTURED = ("labs", "vitals", "medications", "conditions", "allergies", "immunizations")
-_STRUCTURED += ("procedures", "encounters")
+_STRUCTURED = (
+    "labs",
+    "vitals",
+    "medications",
+    "conditions",
+    "allergies",
+    "immunizations",
+    "procedures",
+    "encounters",
+)
 
 
 @dataclass
@@ -108,7 +124,7 @@ async def _resolve(
     types = {KIND_TYPES[k] for k in kinds}
     words = set(intent.words)
     scored = [
-        (len(words & compose.display_words(r["display"] or "")), r)
+        (len(words & display_words(r["display"] or "")), r)
         for r in codes
         if r["resource_type"] in types and r["code"]
     ]
@@ -151,7 +167,7 @@ async def answer_question(
     lex = lexicon()
     intent = parse_question(question, now, lex)
     window = compose.window_text(intent)
-    codes = await chart_codes(conn, access)
+    codes = await fact_codes(conn, access, {*KIND_RESOURCE.values(), "Encounter"})
     res = await _resolve(conn, embedder, access, intent, lex, codes)
     missing_kinds = {k for k, _ in res.missing}
     kinds = set(intent.kinds) | set(res.named)

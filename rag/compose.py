@@ -48,11 +48,6 @@ KIND_NOUN = {
 }
 _ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
 _RESOLVED_CONDITION = frozenset({"resolved", "inactive", "remission"})
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def display_words(display: str) -> set[str]:
-    return set(_WORD.findall(display.lower()))
 
 
 def ref(resource_type: str, resource_id: str) -> str:

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhir_adapters import AccessFilter
+from rag.repository import vector_literal
 
 #: Which resource type an entry of each lexicon kind is looked up in.
 KIND_RESOURCE = {
@@ -125,6 +126,7 @@ class Lexicon:
     _single_terms: list[str] = field(init=False)
     _word_index: list[tuple[str, re.Pattern[str], str]] = field(init=False)
     _claims: dict[tuple[str, str | None, str | None, str], str | None] = field(init=False)
+    _phrases_of: dict[str, list[tuple[str, re.Pattern[str]]]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._claims = {}
@@ -148,6 +150,9 @@ class Lexicon:
             ((p, re.compile(_phrase_re(p)), eid) for p, eid in phrases),
             key=lambda x: (-len(x[0]), x[2]),
         )
+        self._phrases_of = {}
+        for phrase, pattern, eid in self._word_index:
+            self._phrases_of.setdefault(eid, []).append((phrase, pattern))
 
     def _term_entry(self, matched: str) -> str:
         if matched in self._by_term:
@@ -222,8 +227,7 @@ class Lexicon:
         )
         return any(
             (narrower is None or phrase in narrower) and pattern.search(target)
-            for phrase, pattern, eid in self._word_index
-            if eid == entry.id
+            for phrase, pattern in self._phrases_of.get(entry.id, ())
         )
 
     def expand(self, entry: Entry) -> set[str]:
@@ -342,8 +346,6 @@ async def similar_concepts(
     allowed = sorted(set(resource_types) & access.resource_types)
     if not allowed:
         return []
-    from rag.repository import vector_literal
-
     rows = await conn.execute(
         text(
             """
@@ -365,24 +367,3 @@ async def similar_concepts(
         },
     )
     return [(r.text, float(r.sim)) for r in rows if r.sim >= threshold]
-
-
-async def chart_codes(conn: AsyncConnection, access: AccessFilter) -> list[dict[str, Any]]:
-    """Every distinct coded concept of the patient's facts, of the types the session may read:
-    ``resource_type, code_system, code, display, n`` (one index range scan)."""
-    allowed = sorted(set(KIND_RESOURCE.values()) & access.resource_types | {"Encounter"})
-    allowed = [t for t in allowed if access.allows(t)]
-    if not allowed:
-        return []
-    rows = await conn.execute(
-        text(
-            """
-            SELECT resource_type, code_system, code, min(display) AS display, count(*) AS n
-            FROM clinical_fact
-            WHERE source = :src AND patient_id = :pid AND resource_type = ANY(:types)
-            GROUP BY resource_type, code_system, code
-            """
-        ),
-        {"src": access.source, "pid": access.patient_id, "types": allowed},
-    )
-    return [dict(r) for r in rows.mappings()]

@@ -362,16 +362,3 @@ _KIND_WORDS = wordset(
         "peak office reading procs proc vax vaxx"
     )
 )
-
-
-def match_displays(question: str, codes: list[dict[str, object]]) -> set[str]:
-    """Codes whose display shares a distinctive word with the question (``potassium``, ``ferritin``).
-
-    Kept for callers that only have words; ``rag.ask`` resolves through the lexicon first."""
-    words = set(content_words(question, [])) - _KIND_WORDS
-    hits = set()
-    for row in codes:
-        display_words = set(re.findall(r"[a-z0-9]+", str(row.get("display") or "").lower()))
-        if row.get("code") and words & display_words:
-            hits.add(str(row["code"]))
-    return hits
