@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from launch.eval_charts import Chart, sandbox_charts, synthea_charts
-from launch.eval_questions import EvalDataError, generate_questions, load_phrasings, read_jsonl
+from launch.eval_questions import (
+    PHRASINGS,
+    SLOTS,
+    EvalDataError,
+    generate_questions,
+    load_phrasings,
+    load_slots,
+    read_jsonl,
+)
 
 SYNTHEA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea"
 _FIELDS = {
@@ -350,6 +358,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--generate", type=Path, metavar="OUT", help="write a question set instead")
     p.add_argument("--patients", type=int, default=20, help="with --generate: sandbox patients")
     p.add_argument("--per-phrasing", type=int, default=3, help="with --generate: questions each")
+    p.add_argument(
+        "--phrasings", type=Path, default=PHRASINGS, help="with --generate: the phrasings file"
+    )
+    p.add_argument("--slots", type=Path, default=SLOTS, help="with --generate: the slot lexicon")
     return p
 
 
@@ -361,7 +373,12 @@ def generate(args: argparse.Namespace) -> int:
         print(f"Synthea charts skipped: no Synthea sample at {args.synthea}")
     else:
         charts += synthea_charts(args.synthea)
-    questions = generate_questions(load_phrasings(), charts, per_phrasing=args.per_phrasing)
+    questions = generate_questions(
+        load_phrasings(args.phrasings),
+        charts,
+        per_phrasing=args.per_phrasing,
+        slots=load_slots(args.slots),
+    )
     args.generate.parent.mkdir(parents=True, exist_ok=True)
     with args.generate.open("w", encoding="utf-8") as out:
         for q in questions:
