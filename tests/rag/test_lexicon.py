@@ -250,3 +250,17 @@ def test_covers_synthea_codes(entries: list[dict[str, Any]]) -> None:
         missing = sorted(c for c, d in found.items() if not _claimed(c, d, entries))
         share = 1 - len(missing) / len(found)
         assert share >= 0.9, f"{label}: {share:.0%} claimed; unclaimed {missing}"
+
+
+def test_lay_and_shorthand_names_of_the_second_blind_set(
+    by_term: dict[str, dict[str, Any]],
+) -> None:
+    # A named condition must resolve to its entry (and abstain when absent), never to note search.
+    assert by_term["blood clot in leg"]["id"] == by_term["dvt"]["id"] == "deep_vein_thrombosis"
+    assert "128053003" in by_term["dvt"]["codes"]
+    assert (
+        by_term["cirrhosis"]["kind"] == "condition" and "19943007" in by_term["cirrhosis"]["codes"]
+    )
+    assert by_term["pulmonary embolism"]["codes"] == ["59282003"]
+    assert "pe" not in by_term, "bare 'pe' is the physical exam in notes"
+    assert by_term["mag"]["id"] == "magnesium" and by_term["appy"]["id"] == "appendectomy"
