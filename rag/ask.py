@@ -142,9 +142,14 @@ async def _resolve(
     for r in hits:
         kind = next(k for k in kinds if KIND_TYPES[k] == r["resource_type"])
         res.named[kind][r["code"]] = r["display"] or r["code"]
+    what = " ".join(intent.words)
     if not hits and set(kinds) != set(_STRUCTURED):
         for k in kinds:
-            res.missing.append((k, " ".join(intent.words) + " " + compose.KIND_NOUN[k]))
+            res.missing.append((k, what + " " + compose.KIND_NOUN[k]))
+    elif not hits and not intent.kinds & {"notes", "patient"}:
+        # "known cirrhosis?": a name that is nothing in this chart. Abstain and say so; quoting
+        # notes that share a word ("No Known Allergies") would answer a question nobody asked.
+        res.missing.append(("any", compose.unmatched_name(what)))
     return res
 
 
@@ -245,6 +250,8 @@ async def answer_question(
         statements += stmts
         if not chosen and kind == "encounters" and intent.emergency:
             res.missing.append((kind, "emergency encounter"))
+        elif not chosen and kind == "encounters" and intent.ambulatory:
+            res.missing.append((kind, "office (ambulatory) visit"))
         elif not chosen and kind not in missing_kinds:
             empty_kinds.append(kind)
 

@@ -337,13 +337,21 @@ def kind_statements(
     """Medications, problems, allergies, immunizations, procedures and encounters."""
     lead: list[Statement] = []
     filtered = _filter_status(kind, facts, intent.status)
-    if not filtered and facts and named and kind == "medications" and intent.status == "active":
-        # "Is she on atorvastatin?" with only stopped orders: say so, and show them.
-        lead.append(Statement(kind="notice", text="No active order of it; earlier orders follow."))
+    if not filtered and facts and named and kind == "medications" and intent.status:
+        # "Is she on atorvastatin?" with only stopped orders (or "did she use to take it?" with
+        # only active ones): say so, and show them.
+        text = (
+            "No active order of it; earlier orders follow."
+            if intent.status == "active"
+            else "No stopped or completed order of it; current orders follow."
+        )
+        lead.append(Statement(kind="notice", text=text))
     else:
         facts = filtered
     if kind == "encounters" and intent.emergency:
         facts = [f for f in facts if _is_emergency(f)]
+    elif kind == "encounters" and intent.ambulatory:
+        facts = [f for f in facts if (f.get("category") or "").upper() == "AMB"]
     if kind == "encounters" or (kind == "procedures" and not named):
         return _listing(kind, facts, intent, window)
     groups = _group(kind, facts, named)
@@ -429,7 +437,9 @@ def _listing(
         ]
     out: list[Statement] = []
     if intent.count or len(series) > 12:
-        label = KIND_LABEL[kind].lower()
+        label = KIND_LABEL[kind].lower() if len(series) != 1 else KIND_NOUN[kind]
+        if kind == "encounters" and (intent.emergency or intent.ambulatory):
+            label = ("emergency " if intent.emergency else "office (ambulatory) ") + label
         out.append(
             Statement(
                 text=f"{len(series)} {label}{window}, from {fmt_date(series[0].get('date'))} to "
@@ -511,6 +521,11 @@ def latest_note_statements(
 
 def _clip(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def unmatched_name(words: str) -> str:
+    """What a notice says was looked for when a name matched no coded item of any kind."""
+    return f'coded problem, medication, result, allergy, immunization, procedure or visit matching "{words}"'
 
 
 def missing_notice(looked_for: str, window_text: str) -> Statement:

@@ -127,6 +127,9 @@ class Lexicon:
     _word_index: list[tuple[str, re.Pattern[str], str]] = field(init=False)
     _claims: dict[tuple[str, str | None, str | None, str], str | None] = field(init=False)
     _phrases_of: dict[str, list[tuple[str, re.Pattern[str]]]] = field(init=False)
+    #: Every word of every term and display word: a question word here is never a typo.
+    vocabulary: frozenset[str] = field(init=False)
+    _prefixed: dict[str, list[str]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._claims = {}
@@ -153,6 +156,20 @@ class Lexicon:
         self._phrases_of = {}
         for phrase, pattern, eid in self._word_index:
             self._phrases_of.setdefault(eid, []).append((phrase, pattern))
+        self.vocabulary = frozenset(
+            w
+            for e in self.entries.values()
+            for t in (*e.terms, *e.words)
+            for w in normalize(t).split()
+        )
+        # "covid" → the entries with a longer term starting with it ("covid vaccine", "covid test").
+        self._prefixed = {}
+        for t, eid in self._by_term.items():
+            words = t.split()
+            for n in range(1, len(words)):
+                ids = self._prefixed.setdefault(" ".join(words[:n]), [])
+                if eid not in ids:
+                    ids.append(eid)
 
     def _term_entry(self, matched: str) -> str:
         if matched in self._by_term:
@@ -193,6 +210,11 @@ class Lexicon:
                 entry = self.entries[self._by_term[close[0]]]
                 found.append(Mention(entry, word, w.start(), w.end()))
         return sorted(found, key=lambda m: m.start)
+
+    def extensions(self, mention_text: str) -> list[Entry]:
+        """Entries one of whose terms is ``mention_text`` followed by more words ("covid" →
+        "covid vaccine", "covid test"): what the mention may stand for when a kind word follows."""
+        return [self.entries[e] for e in self._prefixed.get(normalize(mention_text), ())]
 
     def claim(
         self, resource_type: str, system: str | None, code: str | None, display: str
@@ -311,6 +333,9 @@ _COMMON = wordset(
     longer anymore
     """
 )
+
+#: The words above: never a clinical name on their own.
+QUESTION_WORDS = _COMMON
 
 
 def content_words(question: str, covered: Sequence[tuple[int, int]]) -> list[str]:

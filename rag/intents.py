@@ -7,11 +7,20 @@ clinical lexicon (``rag.concepts``); what they resolve to in one chart is decide
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from rag.concepts import Lexicon, Mention, content_words, lexicon, normalize, wordset
+from rag.concepts import (
+    QUESTION_WORDS,
+    Lexicon,
+    Mention,
+    content_words,
+    lexicon,
+    normalize,
+    wordset,
+)
 
 KIND_TYPES = {
     "labs": "Observation",
@@ -37,6 +46,11 @@ ENTRY_KIND = {
     "procedure": "procedures",
 }
 
+#: "is pt male or female", "is she female?": the patient's sex, not a word to look up.
+_SEX_QUESTION = (
+    r"\b(?:fe)?male or (?:fe)?male\b|\b(?:man|boy) or (?:a )?(?:woman|girl)\b|\bm or f\b|"
+    r"^(?:is|was) (?:the )?(?:pt|patient|she|he|they) (?:a )?(?:fe)?male\b"
+)
 _KIND_PATTERNS = {
     "medications": r"medication|medicine|\bdrugs?\b|prescri|\bmeds?\b|\brx\b|taking|pharmac|"
     r"\bdose\b|dosage|\bon any\b",
@@ -46,18 +60,18 @@ _KIND_PATTERNS = {
     "procedures": r"procedure|\bprocs?\b|surger|surgical|operation|operated",
     "encounters": r"\bvisits?\b|encounter|appointment|\bappts?\b|admission|admitted|seen in clinic|"
     r"\bseen\b|\ber\b|\bed visit|hospitali[sz]|\bc[ao]me in\b",
-    "notes": r"\bnotes?\b|\bplan\b|\ba/p\b|follow[- ]?up|documented|\bassessment\b|narrative|\bsaid\b|"
-    r"counsel|\bdecided?\b",
+    "notes": r"\bnotes?\b|\bplan\b|\ba/p\b|\ba&p\b|follow[- ]?up|documented|\bassessment\b|narrative|\bsaid\b|"
+    r"\bsays?\b|\bmention(?:s|ed)?\b|\bdiscuss(?:ed)?\b|recommend|counsel|\bdecided?\b",
     "labs": r"\blabs?\b|laborator|test results?|\bresults?\b|\bvalues?\b|\blevels?\b|bloodwork|"
     r"blood work",
     "vitals": r"vital",
     "patient": r"date of birth|\bdob\b|birth ?day|born|how old|\bage\b|\bsex\b|gender|"
-    r"\bmrn\b|medical record number|patient'?s name|\bname\b",
+    r"\bmrn\b|medical record number|patient'?s name|\bname\b|" + _SEX_QUESTION,
 }
 _PATIENT_FIELDS = {
     "birth_date": r"date of birth|\bdob\b|birth ?day|born",
     "age": r"how old|\bage\b",
-    "sex": r"\bsex\b|gender",
+    "sex": r"\bsex\b|gender|" + _SEX_QUESTION,
     "mrn": r"\bmrn\b|medical record number",
     "name": r"\bname\b",
 }
@@ -128,16 +142,27 @@ _LATEST = re.compile(
 _FIRST = re.compile(r"\b(first|earliest|initial|oldest|original|baseline)\b")
 _HIGHEST = re.compile(r"\b(highest|max|maximum|peak|largest|worst)\b")
 _LOWEST = re.compile(r"\b(lowest|min|minimum|smallest)\b")
-_COUNT = re.compile(r"\bhow many\b|\bnumber of\b|#\s*of\b|\bcount\b|\bhow often\b")
+_COUNTED = (
+    r"visits?|encounters?|appointments?|appts?|admissions?|hospitali[sz]ations?|procedures?|"
+    r"procs?|surger(?:y|ies)|prescriptions?|orders?|vaccines?|vaccinations?|shots?|"
+    r"immuni[sz]ations?|notes?"
+)
+_COUNT = re.compile(
+    r"\bhow many\b|\bnumber of\b|#\s*of\b|\bcount\b|\bhow often\b|\bin total\b|"
+    # "total visits last 3 months" (but "total cholesterol" is a lab)
+    rf"\btotal\s+(?:number of\s+)?(?:[a-z]+\s+)?(?:{_COUNTED})\b"
+)
 #: Words that ask for a series of results rather than the current value ("a1c?" is the latest).
 _SERIES = re.compile(
     r"\b(trends?|trending|all|every|each|history|hx|series|readings|values|results|levels|"
     r"over time|changed?|changes|graph|chart|log|dates|since|ever)\b|\bhow ha(?:s|ve)\b"
 )
 _EMERGENCY = re.compile(r"\b(er|ed|emergency|a&e|urgent care)\b")
+#: Office visits: Encounter.class AMB (v3 ActCode "ambulatory").
+_AMBULATORY = re.compile(r"\b(office|clinic|outpatient|ambulatory)\b")
 _EXISTS = re.compile(
-    r"^(?:has|have|had|is|was|were|does|did|do|any|ever)\b|\bany (?:history|hx) of\b|"
-    r"\bhistory of\b|\bhx of\b|\bh/o\b|\btried\b|\bon file\b|"
+    r"^(?:has|have|had|is|was|were|does|did|do|any|ever|hx|h/o|known)\b|\bany (?:history|hx) of\b|"
+    r"\bhistory of\b|\bhx of\b|\bh/o\b|\bknown\b|\btried\b|\bon file\b|"
     r"\bever (?:been|had|have|tried|taken|received|gotten|got|diagnosed|prescribed|on|done)\b|"
     r"\bis (?:she|he|they|the patient|pt) on\b|\bon (?:a|an|any)\b"
 )
@@ -145,9 +170,12 @@ _ACTIVE = re.compile(
     r"\b(active|current|currently|ongoing|still|now|present|presently|open)\b|\bis (?:she|he|pt|"
     r"the patient) on\b|\btaking\b"
 )
+_UNIT_AHEAD = rf"(?!\s+(?:{_NUM})?\s*(?:days?|weeks?|months?|years?|yrs?|mos?)\b)"
 _RESOLVED = re.compile(
-    r"\b(resolved|past|former|inactive|previous|prior|old|healed)\b|\bno longer\b|\bnot (?:active|"
-    r"current)\b"
+    # "in the past", "past 6 months", "previous year" are times, not a status ("any losartan in
+    # the past" asks whether it was ever prescribed).
+    rf"\b(resolved|former|inactive|old|healed)\b|(?<!in the )\b(?:past|previous|prior)\b{_UNIT_AHEAD}|"
+    r"\bno longer\b|\bnot (?:active|current)\b"
 )
 #: A list question that wants everything, not just what is current.
 _ALL = re.compile(
@@ -155,7 +183,7 @@ _ALL = re.compile(
     r"\b(?:been|were) prescribed\b"
 )
 _SECTIONS = {
-    "plan": r"\bplan\b|\ba/p\b|next steps|\bdecided?\b",
+    "plan": r"\bplan\b|\ba/p\b|\ba&p\b|\ba and p\b|next steps|\bdecided?\b",
     "assessment": r"\bassessment\b|impression",
     "subjective": r"\bsubjective\b|\bhpi\b|history of present illness|chief complaint|\bcc\b",
     "medications": r"\bmedications? (?:section|list) in the note\b",
@@ -184,6 +212,8 @@ class Intent:
     series: bool = True
     #: Emergency visits only ("how many ER visits").
     emergency: bool = False
+    #: Office (ambulatory) visits only ("how many office visits").
+    ambulatory: bool = False
     count: bool = False
     exists: bool = False
     #: "active" / "resolved" for problems and medications, else None.
@@ -298,11 +328,71 @@ def _operator(q: str, windowed: bool) -> str | None:
     return None
 
 
+def correct_typos(question: str, lex: Lexicon) -> str:
+    """The question with misspelt or mis-pluralised type and question words put right
+    ("procedrues" → "procedures", "allergys" → "allergies", "lastest" → "latest").
+
+    Only words no lexicon term, display word or question word spells are touched, and only towards
+    :data:`_TYPE_WORDS`: a clinical name the lexicon does not know is left for the chart to match.
+    """
+
+    def fix(m: re.Match[str]) -> str:
+        word = m.group(0)
+        low = word.lower()
+        if len(low) < 5 or len(low) > 25 or low in lex.vocabulary or low in _KNOWN:
+            return word
+        if low.endswith("ys") and (plural := low[:-2] + "ies") in _TYPE_WORDS:
+            return plural  # "allergys", "surgerys"
+        close = difflib.get_close_matches(low, _TYPE_WORDS, n=1, cutoff=0.86)
+        # A typo keeps its first letter ("mission" is not a mangled "admission").
+        return close[0] if close and close[0][0] == low[0] else word
+
+    return re.sub(r"[A-Za-z]+", fix, question)
+
+
+def _mask_dates(q: str) -> str:
+    """Dates blanked out (same length), so "oct 3 2026" never names retinal OCT."""
+    return _DATE_SPAN.sub(lambda m: " " * len(m.group(0)), q)
+
+
+def _kind_word_near(kind: str, q: str, start: int, end: int) -> bool:
+    """Does a word of ``kind`` ("vax", "shot", "test") stand right after or before a mention?"""
+    pattern = _KIND_PATTERNS.get(kind)
+    if pattern is None:
+        return False
+    return any(
+        m.start() <= end + _NEAR and m.end() >= start - _NEAR
+        for m in re.finditer(pattern, q)
+        if m.start() >= end or m.end() <= start
+    )
+
+
+def _retarget(mentions: list[Mention], q: str, lex: Lexicon) -> list[Mention]:
+    """A mention followed by a kind word of another kind names that kind's entry: "covid vax" is
+    the COVID-19 vaccine (an entry with the term "covid vaccine"), not the disease."""
+    out = []
+    for m in mentions:
+        own = ENTRY_KIND[m.entry.kind]
+        if not _kind_word_near(own, q, m.start, m.end):
+            others = [
+                e
+                for e in lex.extensions(m.text)
+                if ENTRY_KIND[e.kind] != own
+                and _kind_word_near(ENTRY_KIND[e.kind], q, m.start, m.end)
+            ]
+            if len({e.id for e in others}) == 1:
+                m = Mention(others[0], m.text, m.start, m.end)
+        out.append(m)
+    return out
+
+
 def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> Intent:
     lex = lex or lexicon()
+    question = correct_typos(question, lex)
     q = " ".join(question.lower().split())
     kinds = {kind for kind, pattern in _KIND_PATTERNS.items() if re.search(pattern, q)}
-    mentions = tuple(lex.mentions(question))
+    masked = normalize(_mask_dates(normalize(question)))
+    mentions = tuple(_retarget(lex.mentions(masked), masked, lex))
     for m in mentions:
         kinds.add(ENTRY_KIND[m.entry.kind])
     patient_fields = frozenset(f for f, p in _PATIENT_FIELDS.items() if re.search(p, q))
@@ -312,7 +402,7 @@ def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> 
     if section and "notes" in kinds:
         kinds.discard("encounters")  # "the plan at the last visit" is a note, not the visit
     covered = [(m.start, m.end) for m in mentions]
-    words = tuple(w for w in content_words(question, covered) if w not in _KIND_WORDS)
+    words = tuple(w for w in content_words(masked, covered) if w not in _KIND_WORDS)
     if patient_fields == {"name"} and (kinds - {"patient"} or words):
         patient_fields = frozenset()  # "the name of her statin" is not the patient's name
         kinds.discard("patient")
@@ -341,6 +431,7 @@ def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> 
         count=_COUNT.search(q) is not None,
         series=bool(_SERIES.search(q)) or since is not None or until is not None,
         emergency=_EMERGENCY.search(q) is not None,
+        ambulatory=_AMBULATORY.search(q) is not None,
         exists=_EXISTS.search(q) is not None,
         status=status,
         current_list=current_list,
@@ -359,6 +450,34 @@ _KIND_WORDS = wordset(
         "shows screening visit emergency er ed room hospital hospitalized hospitalization "
         "admitted clinic office jab jabs immunised immunized pmh nkda dob yr yrs mo mos ago "
         "within through starting file pls appt appts come came decide decided tried baseline "
-        "peak office reading procs proc vax vaxx"
+        "peak office reading procs proc vax vaxx known given drawn ordered male female man woman "
+        "boy girl outpatient ambulatory total say says mention mentioned discuss discussed recommend "
+        "recommended recommendation"
     )
 )
+
+#: Type and question words a typo of which is put right (what the kind and operator patterns read).
+_TYPE_WORDS = sorted(
+    wordset(
+        """
+        procedure procedures surgery surgeries surgical operation operations medication medications
+        medicine medicines prescribed prescription prescriptions allergy allergies allergic
+        intolerance intolerances immunization immunizations immunisations vaccine vaccines
+        vaccination vaccinations vaccinated condition conditions diagnosis diagnoses diagnosed
+        problem problems disease diseases encounter encounters visits appointment appointments
+        admission admissions admitted hospitalization hospitalizations hospitalized notes
+        assessment laboratory results vitals latest recent earliest highest lowest history
+        previous previously currently active resolved birthday gender
+        """
+    )
+)
+# Ordinary question words that are near a type word but are not a typo of one.
+_KNOWN = (
+    frozenset(_TYPE_WORDS)
+    | _KIND_WORDS
+    | QUESTION_WORDS
+    | wordset("visitor visitors latent operating operative")
+)
+#: How far (characters) a kind word may stand from a mention to retarget it ("covid vax").
+_NEAR = 12
+_DATE_SPAN = re.compile(rf"(?<![a-z0-9])(?:{_DATE})(?![a-z0-9])")

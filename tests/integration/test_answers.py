@@ -4,6 +4,7 @@ orders, Markdown notes). Expectations are computed from the sandbox's raw resour
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,8 +12,8 @@ import pytest
 
 from launch.demo_client import ask
 from tests.conftest import RunningDemo
-from tests.integration.conftest import Synced
-from tests.integration.helpers import codes, owned
+from tests.integration.conftest import Synced, _synced
+from tests.integration.helpers import codes, display, owned
 
 HBA1C = {"4548-4", "17856-6", "4549-2", "59261-8"}
 LDL = {"18262-6", "13457-7", "2089-1"}
@@ -157,3 +158,116 @@ def test_plan_at_the_most_recent_visit_quotes_the_newest_note(
     answer = _ask(patient_a, "What was the plan at the most recent visit?")
     assert _cited(answer) == {newest["id"]}
     assert "plan" in answer["statements"][0]["text"].lower()
+
+
+# -- failure classes of the second blind set (typos, names absent from the chart, vaccine words,
+# "in the past", office visits) -----------------------------------------------------------------
+
+COVID_CVX = {"207", "208", "210", "211", "212", "213", "217", "218", "219", "221", "225", "226"}
+COVID_CVX |= {"227", "228", "229", "230", "300", "301", "302", "309", "310", "311", "312", "313"}
+
+
+def _performed(p: dict[str, Any]) -> datetime:
+    if raw := p.get("performedDateTime"):
+        return _when({"d": raw}, "d")
+    return _when(p.get("performedPeriod") or {}, "start")
+
+
+def test_a_typo_of_the_type_word_still_lists_procedures(
+    demo: RunningDemo, patient_a: Synced
+) -> None:
+    procs = owned(demo.store, patient_a.patient_id, "Procedure")
+    if not procs:
+        pytest.skip("this generated patient has no procedures")
+    year = min(_performed(p) for p in procs).year
+    want = {p["id"] for p in procs if _performed(p) >= datetime(year, 1, 1, tzinfo=UTC)}
+    answer = _ask(patient_a, f"procedrues since {year}")
+    assert _cited(answer) == want, "procedures, not notes that share a word"
+
+
+def test_a_typo_plural_of_allergies_lists_them(demo: RunningDemo, patient_a: Synced) -> None:
+    allergies = {a["id"] for a in owned(demo.store, patient_a.patient_id, "AllergyIntolerance")}
+    answer = _ask(patient_a, "any allergys?")
+    assert _cited(answer) == allergies
+    if not allergies:
+        assert "allerg" in _notices(answer).lower()
+
+
+def _note_only_word(demo: RunningDemo, patient_id: str) -> str:
+    """A word of this patient's notes that no coded item, lexicon term or question word spells."""
+    from fhir_adapters.notes import note_text
+    from rag.concepts import QUESTION_WORDS, lexicon
+    from rag.intents import correct_typos
+
+    binaries = {b["id"]: b for b in demo.store.of_type("Binary")}
+    coded: set[str] = set()
+    for rtype in ("Condition", "Observation", "MedicationRequest", "Procedure", "Encounter"):
+        for r in owned(demo.store, patient_id, rtype):
+            coded |= set(re.findall(r"[a-z]+", str(r).lower()))
+    lex = lexicon()
+    for note in owned(demo.store, patient_id, "DocumentReference"):
+        text = note_text(note, binaries).text or ""
+        for word in sorted(set(re.findall(r"[a-z]{8,}", text.lower()))):
+            if (
+                word not in coded
+                and word not in lex.vocabulary
+                and word not in QUESTION_WORDS
+                and correct_typos(word, lex) == word
+            ):
+                return word
+    pytest.skip("no note-only word in this patient's notes")
+
+
+def test_a_name_missing_from_the_coded_chart_abstains_instead_of_quoting_notes(
+    demo: RunningDemo, patient_a: Synced
+) -> None:
+    word = _note_only_word(demo, patient_a.patient_id)
+    answer = _ask(patient_a, f"known {word}?")
+    assert not _cited(answer), f"'known {word}?' names nothing coded: cite nothing"
+    assert word in _notices(answer)
+
+
+def test_an_absent_named_condition_abstains(demo: RunningDemo, patient_a: Synced) -> None:
+    conds = owned(demo.store, patient_a.patient_id, "Condition")
+    assert not any("thrombosis" in str(c).lower() for c in conds)
+    answer = _ask(patient_a, "hx blood clot in leg?")
+    assert not _cited(answer) and "thrombosis" in _notices(answer).lower()
+
+
+def test_covid_vax_is_only_covid_vaccines(demo: RunningDemo, patient_a: Synced) -> None:
+    imms = owned(demo.store, patient_a.patient_id, "Immunization")
+    covid = {i["id"] for i in imms if codes(i, "vaccineCode") & COVID_CVX}
+    answer = _ask(patient_a, "covid vax given?")
+    assert _cited(answer) == covid, "never the flu or tetanus shots"
+    if not covid:
+        assert "covid" in _notices(answer).lower()
+
+
+def test_a_drug_in_the_past_includes_its_active_orders(
+    demo: RunningDemo, patient_a: Synced
+) -> None:
+    meds = owned(demo.store, patient_a.patient_id, "MedicationRequest")
+    active = [m for m in meds if m["status"] == "active"]
+    assert active
+    order = active[0]
+    name = display(order, "medicationCodeableConcept") or order["medicationReference"]["display"]
+    word = re.findall(r"[a-z]{5,}", name.lower())[0]  # the ingredient, not "24 HR"
+    answer = _ask(patient_a, f"any {word} in the past")
+    assert active[0]["id"] in _cited(answer, "MedicationRequest")
+
+
+def test_office_visits_are_ambulatory_encounters(demo: RunningDemo) -> None:
+    def classes(pid: str) -> dict[str, str]:
+        return {e["id"]: e["class"]["code"] for e in owned(demo.store, pid, "Encounter")}
+
+    mixed = [p["id"] for p in demo.store.patients() if len(set(classes(p["id"]).values())) > 1]
+    if not mixed:
+        pytest.skip("no generated patient mixes office and other visits")
+    amb = {e for e, c in classes(mixed[0]).items() if c == "AMB"}
+    session = _synced(demo, mixed[0])
+    try:
+        answer = _ask(session, "how many office visits since 2000")
+    finally:
+        session.client.close()
+    assert _cited(answer) == amb, "office visits only, not telephone or virtual ones"
+    assert str(len(amb)) in " ".join(s["text"] for s in answer["statements"])
