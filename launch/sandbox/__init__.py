@@ -7,6 +7,7 @@ It is the other side of the wire for the app and the tests and imports nothing f
 from __future__ import annotations
 
 from launch.sandbox.app import create_sandbox_app
+from launch.sandbox.client_jwks import JwksFetcher
 from launch.sandbox.config import SandboxClient, SandboxConfig
 from launch.sandbox.faults import Fault, FaultInjector, FaultPlan
 from launch.sandbox.loader import load_fhir_dir
@@ -17,6 +18,7 @@ __all__ = [
     "Fault",
     "FaultInjector",
     "FaultPlan",
+    "JwksFetcher",
     "SandboxClient",
     "SandboxConfig",
     "SandboxStore",

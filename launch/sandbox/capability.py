@@ -1,7 +1,9 @@
 """Discovery documents of the sandbox EHR.
 
 - ``smart_configuration``: SMART App Launch 2.x §"SMART on FHIR configuration"
-  (``{fhir}/.well-known/smart-configuration``), metadata fields per RFC 8414.
+  (``{fhir}/.well-known/smart-configuration``), metadata fields per RFC 8414: the endpoints
+  (authorize, token, revocation, introspection, JWKS), the client authentication methods
+  (``none``, client secrets, ``private_key_jwt`` with RS384/ES384) and SMART's capabilities.
 - ``capability_statement``: FHIR R4 CapabilityStatement (``{fhir}/metadata``) with the SMART
   ``oauth-uris`` security extension, the served resource types, their search parameters and
   the ``Patient/$everything`` operation.
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from launch.sandbox.client_auth import ASSERTION_ALGORITHMS
 from launch.sandbox.config import SandboxConfig
+from launch.sandbox.grants import TOKEN_AUTH_METHODS
 from launch.sandbox.store import SandboxStore
 
 CAPABILITIES = (
@@ -19,7 +23,9 @@ CAPABILITIES = (
     "launch-standalone",
     "client-public",
     "client-confidential-symmetric",
+    "client-confidential-asymmetric",
     "context-ehr-patient",
+    "context-ehr-encounter",
     "context-standalone-patient",
     "sso-openid-connect",
     "permission-patient",
@@ -52,15 +58,13 @@ def smart_configuration(config: SandboxConfig) -> dict[str, Any]:
         "jwks_uri": config.auth_url("jwks"),
         "authorization_endpoint": config.auth_url("authorize"),
         "token_endpoint": config.auth_url("token"),
+        "revocation_endpoint": config.auth_url("revoke"),
         "introspection_endpoint": config.auth_url("introspect"),
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": [
-            "client_secret_basic",
-            "client_secret_post",
-            "none",
-        ],
+        "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "scopes_supported": list(SCOPES_SUPPORTED),
         "capabilities": list(CAPABILITIES),
     }
@@ -101,6 +105,7 @@ def capability_statement(config: SandboxConfig, store: SandboxStore) -> dict[str
                             "extension": [
                                 {"url": "authorize", "valueUri": config.auth_url("authorize")},
                                 {"url": "token", "valueUri": config.auth_url("token")},
+                                {"url": "revoke", "valueUri": config.auth_url("revoke")},
                                 {"url": "introspect", "valueUri": config.auth_url("introspect")},
                             ],
                         }

@@ -3,13 +3,15 @@
 - ``S256CodeChallenge``: RFC 7636 with ``S256`` only; a missing challenge or ``plain`` is refused
   at the authorization endpoint (SMART App Launch 2.x §"Considerations for PKCE Support").
 - ``SmartLaunch``: checks ``aud`` against the FHIR base URL, resolves the EHR ``launch`` context
-  (or picks a patient for a standalone launch with ``launch/patient``) and narrows the granted
-  scope to the launch's restriction (SMART "Scopes and Launch Context").
-- ``SandboxOpenIDCode``: OpenID Connect Core §3.1 id_token (RS256, ``kid``, ``nonce``,
-  ``fhirUser``).
-- ``SmartAuthorizationCodeGrant`` (RFC 6749 §4.1) and ``SmartRefreshTokenGrant`` (RFC 6749 §6,
-  rotating refresh tokens), both for public (``none``) and confidential clients.
-- ``SandboxIntrospectionEndpoint``: RFC 7662.
+  (or picks a patient for a standalone launch with ``launch/patient``), narrows the granted
+  scope to the launch's restriction (SMART "Scopes and Launch Context") and carries the launch's
+  options (a simulated authorize error among them) to the authorization.
+- ``SandboxOpenIDCode``: OpenID Connect Core §3.1 id_token (RS256, the current ``kid``,
+  ``nonce``, ``fhirUser``).
+- ``SmartAuthorizationCodeGrant`` (RFC 6749 §4.1; fails as the launch's ``token_error`` asks)
+  and ``SmartRefreshTokenGrant`` (RFC 6749 §6, rotating refresh tokens), for public (``none``),
+  symmetric (client secret) and asymmetric (``private_key_jwt``) clients.
+- ``SandboxClientCredentialsGrant``: RFC 6749 §4.4 as SMART Backend Services uses it.
 """
 
 from __future__ import annotations
@@ -23,16 +25,13 @@ from authlib.oauth2.rfc6749.grants import (
     RefreshTokenGrant,
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core.grants import OpenIDCode
 from joserfc.jwk import RSAKey
 
-from launch.sandbox.errors import Unauthorized
 from launch.sandbox.grant_store import CODE_TTL_SECONDS
 from launch.sandbox.launch_context import default_fhir_user
+from launch.sandbox.oauth_errors import token_error
 from launch.sandbox.oauth_models import (
-    BEARER_AUTH_METHOD,
-    AccessTokenView,
     Authorization,
     AuthorizationCode,
     ClientModel,
@@ -43,7 +42,9 @@ from launch.sandbox.scopes import intersect, split_scope
 if TYPE_CHECKING:
     from launch.sandbox.authorization_server import SandboxAuthorizationServer
 
-TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+#: Methods the token endpoint tries, in this order (``SandboxClient.auth_methods`` decides).
+CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+TOKEN_AUTH_METHODS = [*CONFIDENTIAL_AUTH_METHODS, "none"]
 
 
 class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
@@ -77,16 +78,16 @@ class SmartLaunch:
             raise InvalidRequestError("The 'aud' parameter must be this server's FHIR base URL.")
         requested = split_scope(request.scope)
         launch_id = data.get("launch")
-        deny = False
         if launch_id:
             context = self.server.launches.get(launch_id)
             if context is None:
                 raise InvalidRequestError("Unknown or expired 'launch' parameter.")
-            authorization = Authorization(context.fhir_user, context.patient, context.encounter)
+            authorization = Authorization(
+                context.fhir_user, context.patient, context.encounter, context.options
+            )
             granted = requested
             if context.scope_restriction is not None:
                 granted = intersect(context.scope_restriction, requested)
-            deny = context.deny
         elif "launch/patient" in requested:
             patients = self.server.store.patients()
             if not patients:
@@ -100,7 +101,6 @@ class SmartLaunch:
             )
         request.scope = " ".join(granted)
         request.user = authorization
-        request.smart_deny = deny
 
 
 class SandboxOpenIDCode(OpenIDCode):  # type: ignore[misc]
@@ -114,13 +114,13 @@ class SandboxOpenIDCode(OpenIDCode):  # type: ignore[misc]
         return self.server.grants.nonce_in_use(request.payload.client_id, nonce)
 
     def resolve_client_private_key(self, client: ClientModel) -> RSAKey:
-        return self.server.key.private_key
+        return self.server.keys.current.private_key
 
     def get_client_algorithm(self, client: ClientModel) -> str:
         return "RS256"
 
     def get_encode_header(self, client: ClientModel) -> dict[str, str]:
-        return {"alg": "RS256", "kid": self.server.key.kid, "typ": "JWT"}
+        return {"alg": "RS256", "kid": self.server.keys.current.kid, "typ": "JWT"}
 
     def get_client_claims(self, client: ClientModel) -> dict[str, Any]:
         now = int(self.server.clock())
@@ -158,6 +158,13 @@ class SmartAuthorizationCodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         )
         self.server.grants.save_code(record)
 
+    def validate_token_request(self) -> None:
+        """authlib's checks (client, code, redirect_uri, PKCE), then the launch's ``token_error``."""
+        super().validate_token_request()
+        failure = self.request.authorization_code.authorization.options.token_error
+        if failure is not None:
+            raise token_error(failure, realm=self.server.realm)
+
     def query_authorization_code(self, code: str, client: ClientModel) -> AuthorizationCode | None:
         return self.server.grants.consume_code(code, client.get_client_id())
 
@@ -185,54 +192,11 @@ class SmartRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
         refresh_token.revoked = True
 
 
-class SandboxIntrospectionEndpoint(IntrospectionEndpoint):  # type: ignore[misc]
-    """RFC 7662: any registered client (or bearer of a sandbox access token) may introspect."""
-
-    CLIENT_AUTH_METHODS: ClassVar[list[str]] = [*TOKEN_AUTH_METHODS, BEARER_AUTH_METHOD]
-    server: SandboxAuthorizationServer
-
-    def query_token(
-        self, token_string: str, token_type_hint: str | None
-    ) -> AccessTokenView | RefreshToken | None:
-        if token_type_hint != "refresh_token":
-            try:
-                return AccessTokenView(self.server.tokens.verify(token_string))
-            except Unauthorized:
-                pass
-        if token_type_hint != "access_token":
-            return self.server.grants.refresh_record(token_string)
-        return None
-
-    def check_permission(self, token: Any, client: ClientModel, request: OAuth2Request) -> bool:
-        return True
-
-    def introspect_token(self, token: AccessTokenView | RefreshToken) -> dict[str, Any]:
-        if isinstance(token, AccessTokenView):
-            claims = token.claims
-            names = ("scope", "patient", "client_id", "sub", "fhirUser", "exp", "iat", "iss")
-            payload = {name: claims[name] for name in names if name in claims}
-            return {"active": True, "token_type": "Bearer", **payload}
-        authorization = token.authorization
-        payload = {
-            "active": True,
-            "token_type": "refresh_token",
-            "scope": token.scope,
-            "client_id": token.client_id,
-            "sub": authorization.sub,
-            "fhirUser": authorization.fhir_user,
-            "iat": token.issued_at,
-            "iss": self.server.config.fhir_base,
-        }
-        if authorization.patient is not None:
-            payload["patient"] = authorization.patient
-        return payload
-
-
 class SandboxClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
     """RFC 6749 §4.4 for confidential clients: ``system/`` scopes only, no refresh token (SMART
-    Backend Services, with a client secret instead of a signed JWT assertion)."""
+    Backend Services: a signed JWT assertion, or a client secret instead)."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = CONFIDENTIAL_AUTH_METHODS
 
     def validate_token_request(self) -> None:
         super().validate_token_request()

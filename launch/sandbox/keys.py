@@ -1,8 +1,10 @@
-"""The sandbox EHR's RS256 signing key and its JWKS (RFC 7517, RFC 7518 §3.3, RFC 7519).
+"""The sandbox EHR's RS256 signing keys and their JWKS (RFC 7517, RFC 7518 §3.3, RFC 7519).
 
-One RSA key signs access tokens and id_tokens; ``jwks()`` publishes the public half with its
-``kid`` (the RFC 7638 thumbprint) at ``{base}/auth/jwks``. With a path, the private JWK is kept
-on disk (mode 0600) so tokens survive a restart; without one it lives only in memory.
+A ``SigningKey`` is one RSA key with its ``kid`` (the RFC 7638 thumbprint). With a path, the
+private JWK is kept on disk (mode 0600) so tokens survive a restart; without one it lives only in
+memory. A ``KeyRing`` holds the current key, which signs access tokens and id_tokens, and the
+older keys still accepted; ``KeyRing.jwks()`` is what ``{base}/auth/jwks`` publishes.
+``KeyRing.rotate`` (``POST /_control/rotate-key``) starts signing with a new key, in memory only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 from joserfc.jwt import JWTClaimsRegistry
@@ -91,3 +93,46 @@ class SigningKey:
         except (JoseError, ValueError, TypeError) as exc:
             raise Unauthorized("The access token is invalid or expired.") from exc
         return dict(decoded.claims)
+
+
+class KeyRing:
+    """The current signing key and the retired keys whose tokens are still accepted."""
+
+    def __init__(self, current: SigningKey) -> None:
+        self._current = current
+        self._retained: list[SigningKey] = []
+
+    def __repr__(self) -> str:
+        return f"KeyRing(current={self._current.kid!r}, retained={len(self._retained)})"
+
+    @property
+    def current(self) -> SigningKey:
+        return self._current
+
+    def rotate(self, *, keep_old: bool) -> SigningKey:
+        """Sign with a fresh key from now on; keep accepting the old ones only if ``keep_old``."""
+        retired = self._current
+        self._current = SigningKey.generate()
+        self._retained = [retired, *self._retained] if keep_old else []
+        return self._current
+
+    def jwks(self) -> dict[str, Any]:
+        """Every accepted key's public half, the current one first."""
+        return {"keys": [k for key in self._keys() for k in key.jwks()["keys"]]}
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        return self._current.sign(claims)
+
+    def verify(self, token: str, *, issuer: str, audience: str, now: int) -> dict[str, Any]:
+        """``SigningKey.verify`` with the key the token's ``kid`` names; ``Unauthorized`` if none."""
+        try:
+            kid = jws.extract_compact(token.encode("ascii")).headers().get("kid")
+        except (JoseError, ValueError, UnicodeError) as exc:
+            raise Unauthorized("The access token is invalid or expired.") from exc
+        for key in self._keys():
+            if key.kid == kid:
+                return key.verify(token, issuer=issuer, audience=audience, now=now)
+        raise Unauthorized("The access token is invalid or expired.")
+
+    def _keys(self) -> list[SigningKey]:
+        return [self._current, *self._retained]

@@ -1,8 +1,12 @@
 """EHR launch contexts (SMART App Launch 2.x, "EHR Launch": the opaque ``launch`` parameter).
 
 ``GET {base}/launch?patient=…`` records who launches the app for which patient (and optionally
-which encounter, a scope restriction, or a forced denial) under an opaque id that the app sends
-back as ``launch=…`` to the authorize endpoint. Contexts expire after ten minutes.
+which encounter and a scope restriction) under an opaque id that the app sends back as
+``launch=…`` to the authorize endpoint. Contexts expire after ten minutes.
+
+``LaunchOptions`` are the launch's extra context (``intent``, ``tenant``, ``need_patient_banner``,
+``smart_style_url``; SMART App Launch 2.x §"Launch context arrives with your access_token") and
+the behaviour a test asked of it: an authorize or token error, token lifetimes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,25 @@ FALLBACK_FHIR_USER = "Practitioner/sandbox-clinician"
 
 
 @dataclass(frozen=True, slots=True)
+class LaunchOptions:
+    """Per-launch extras and simulated behaviour; the defaults are a well-behaved EHR."""
+
+    #: RFC 6749 §4.1.2.1 error the authorize endpoint redirects with (``oauth_errors``).
+    authorize_error: str | None = None
+    #: RFC 6749 §5.2 error the code exchange answers with (``oauth_errors``).
+    token_error: str | None = None
+    #: Lifetime in seconds of this launch's access tokens, initial and refreshed.
+    token_ttl: int | None = None
+    #: Lifetime in seconds of each refresh token of this launch; ``None``: until revoked.
+    refresh_ttl: int | None = None
+    need_patient_banner: bool = True
+    #: ``None``: the sandbox's own ``{base}/smart-style.json``.
+    smart_style_url: str | None = None
+    intent: str | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LaunchContext:
     """What the EHR knew when it launched the app."""
 
@@ -27,7 +50,7 @@ class LaunchContext:
     fhir_user: str
     encounter: str | None
     scope_restriction: tuple[str, ...] | None
-    deny: bool
+    options: LaunchOptions
     expires_at: float
 
 
@@ -45,7 +68,7 @@ class LaunchRegistry:
         fhir_user: str,
         encounter: str | None = None,
         scope_restriction: tuple[str, ...] | None = None,
-        deny: bool = False,
+        options: LaunchOptions | None = None,
     ) -> LaunchContext:
         """Record a new launch and return it (its id is 32 random url-safe characters)."""
         self._prune()
@@ -55,7 +78,7 @@ class LaunchRegistry:
             fhir_user=fhir_user,
             encounter=encounter,
             scope_restriction=scope_restriction,
-            deny=deny,
+            options=options or LaunchOptions(),
             expires_at=self._clock() + LAUNCH_TTL_SECONDS,
         )
         self._contexts[context.launch_id] = context

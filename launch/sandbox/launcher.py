@@ -1,28 +1,40 @@
 """The EHR side of an EHR launch (SMART App Launch 2.x §"EHR Launch") and the sandbox's pages.
 
-- ``GET /launch?patient=<id>[&practitioner=<id>][&encounter=<id>][&scope=<space separated>]
-  [&deny=1]`` records a launch context and redirects the browser to
-  ``{app_launch_url}?iss={base}/fhir&launch=<opaque id>``.
+- ``GET /launch?patient=<id>[&practitioner=<id>][&encounter=<id>][&scope=<space separated>]``
+  records a launch context and redirects the browser to
+  ``{app_launch_url}?iss={base}/fhir&launch=<opaque id>``. More parameters shape the launch
+  (``launch_context.LaunchOptions``):
+
+  - context: ``intent=<string>``, ``tenant=<string>``, ``need_patient_banner=0|1`` (default 1),
+    ``smart_style_url=<absolute URL>`` (default ``{base}/smart-style.json``);
+  - ``error=<code>`` (``deny=1`` is ``error=access_denied``): the authorize endpoint redirects
+    back with that RFC 6749 §4.1.2.1 error (``oauth_errors.AUTHORIZE_ERRORS``);
+  - ``token_error=<code>``: the code exchange fails with that RFC 6749 §5.2 error
+    (``oauth_errors.TOKEN_ERRORS``: ``invalid_client`` 401, ``server_error`` 500, … 400);
+  - ``token_ttl=<seconds>``: lifetime of this launch's access tokens, initial and refreshed;
+  - ``refresh_ttl=<seconds>``: lifetime of each of its refresh tokens.
 - ``GET /patients``: ``[{"id", "name"}]``; ``GET /``: a self-contained HTML patient list with a
   Launch button per patient; ``GET /smart-style.json``: the ``smart_style_url`` document.
-Errors here are JSON ``{"error": code, "error_description": message}``.
+Errors here are JSON ``{"error": code, "error_description": message}`` (404 for an unknown patient,
+practitioner or encounter, 400 for a bad option).
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import wraps
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from launch.sandbox.config import SandboxConfig
-from launch.sandbox.errors import NotFound, SandboxError
-from launch.sandbox.launch_context import LaunchRegistry, default_fhir_user
+from launch.sandbox.errors import BadRequest, NotFound, SandboxError
+from launch.sandbox.launch_context import LaunchOptions, LaunchRegistry, default_fhir_user
+from launch.sandbox.oauth_errors import AUTHORIZE_ERRORS, TOKEN_ERRORS
 from launch.sandbox.scopes import split_scope
 from launch.sandbox.store import Resource, SandboxStore
 
@@ -52,6 +64,48 @@ def display_name(patient: Resource) -> str:
     given = " ".join(first.get("given") or [])
     joined = " ".join(p for p in (given, first.get("family") or "") if p)
     return joined or str(first.get("text") or "")
+
+
+def launch_options(params: Mapping[str, str]) -> LaunchOptions:
+    """The ``LaunchOptions`` a ``GET /launch`` query asks for; ``BadRequest`` if one is invalid."""
+    error = params.get("error") or ("access_denied" if _flag(params, "deny", False) else None)
+    if error is not None and error not in AUTHORIZE_ERRORS:
+        raise BadRequest(f"'error' must be one of {', '.join(AUTHORIZE_ERRORS)}.")
+    token_error = params.get("token_error") or None
+    if token_error is not None and token_error not in TOKEN_ERRORS:
+        raise BadRequest(f"'token_error' must be one of {', '.join(TOKEN_ERRORS)}.")
+    style = params.get("smart_style_url") or None
+    parts = urlsplit(style or "")
+    if style is not None and (parts.scheme not in ("http", "https") or not parts.netloc):
+        raise BadRequest("'smart_style_url' must be an absolute http(s) URL.")
+    return LaunchOptions(
+        authorize_error=error,
+        token_error=token_error,
+        token_ttl=_seconds(params, "token_ttl"),
+        refresh_ttl=_seconds(params, "refresh_ttl"),
+        need_patient_banner=_flag(params, "need_patient_banner", True),
+        smart_style_url=style,
+        intent=params.get("intent") or None,
+        tenant=params.get("tenant") or None,
+    )
+
+
+def _flag(params: Mapping[str, str], name: str, default: bool) -> bool:
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    if value not in ("0", "1", "true", "false"):
+        raise BadRequest(f"'{name}' must be 0 or 1.")
+    return value in ("1", "true")
+
+
+def _seconds(params: Mapping[str, str], name: str) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) <= 0:
+        raise BadRequest(f"'{name}' must be a positive number of seconds.")
+    return int(value)
 
 
 def _json_errors(handler: Handler) -> Handler:
@@ -108,7 +162,7 @@ class Launcher:
             fhir_user=fhir_user,
             encounter=encounter,
             scope_restriction=tuple(split_scope(scope)) if scope and scope.strip() else None,
-            deny=params.get("deny") in ("1", "true"),
+            options=launch_options(params),
         )
         query = urlencode({"iss": self.config.fhir_base, "launch": context.launch_id})
         separator = "&" if "?" in self.config.app_launch_url else "?"

@@ -2,9 +2,12 @@
 
 - ``ClientModel``: a registered ``SandboxClient`` seen through authlib's ``ClientMixin``.
 - ``Authorization``: who authorized what for which patient; authlib's "user". Its fields end up
-  in the token response (``patient``, ``encounter``) and the JWT claims (``sub``, ``fhirUser``).
+  in the token response (``patient``, ``encounter``, the launch's options) and the JWT claims
+  (``sub``, ``fhirUser``).
 - ``AuthorizationCode``: a single-use code bound to client, redirect_uri, PKCE challenge, nonce.
-- ``RefreshToken`` and ``AccessTokenView``: what the refresh grant and RFC 7662 introspection see.
+- ``RefreshToken`` and ``AccessTokenView``: what the refresh grant, RFC 7009 revocation and
+  RFC 7662 introspection see. Both belong to a *grant* (one code exchange or client-credentials
+  request and its refreshes), which is revoked as a whole.
 """
 
 from __future__ import annotations
@@ -17,11 +20,10 @@ from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
 from authlib.oidc.core import AuthorizationCodeMixin
 
 from launch.sandbox.config import SandboxClient
+from launch.sandbox.launch_context import LaunchOptions
 
-#: Methods RFC 7591 §2 names; ``bearer_access_token`` is the sandbox's RFC 7662 §2.1 option of
-#: authorizing an introspection call with an access token it issued.
-PUBLIC_AUTH_METHODS = frozenset({"none"})
-CONFIDENTIAL_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+#: The sandbox's RFC 7662 §2.1 option of authorizing an introspection call with an access token
+#: it issued; the other methods are RFC 7591 §2's (``SandboxClient.auth_methods``).
 BEARER_AUTH_METHOD = "bearer_access_token"
 GRANT_TYPES = frozenset({"authorization_code", "refresh_token"})
 
@@ -57,8 +59,7 @@ class ClientModel(ClientMixin):  # type: ignore[misc]
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if method == BEARER_AUTH_METHOD:
             return endpoint == "introspection"
-        allowed = PUBLIC_AUTH_METHODS if self.client.is_public else CONFIDENTIAL_AUTH_METHODS
-        return method in allowed
+        return method in self.client.auth_methods
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type == "code"
@@ -71,11 +72,12 @@ class ClientModel(ClientMixin):  # type: ignore[misc]
 
 @dataclass(frozen=True, slots=True)
 class Authorization:
-    """The end user's decision: who (``fhir_user``), for which patient and encounter."""
+    """The end user's decision: who (``fhir_user``), for which patient and encounter, and how."""
 
     fhir_user: str
     patient: str | None
     encounter: str | None = None
+    options: LaunchOptions = field(default_factory=LaunchOptions)
 
     @property
     def sub(self) -> str:
@@ -122,13 +124,18 @@ class AuthorizationCode(AuthorizationCodeMixin):  # type: ignore[misc]
 
 @dataclass(slots=True)
 class RefreshToken(TokenMixin):  # type: ignore[misc]
-    """A refresh token (RFC 6749 §6), kept server-side and rotated on use."""
+    """A refresh token (RFC 6749 §6), kept server-side and rotated on use.
+
+    ``GrantStore.refresh`` refuses it once revoked or past ``expires_at``.
+    """
 
     token: str = field(repr=False)
     client_id: str
     scope: str
     authorization: Authorization
     issued_at: int
+    grant_id: str
+    expires_at: int | None = None
     revoked: bool = False
 
     def check_client(self, client: ClientModel) -> bool:
@@ -141,7 +148,7 @@ class RefreshToken(TokenMixin):  # type: ignore[misc]
         return 0
 
     def is_expired(self) -> bool:
-        return False
+        return False  # GrantStore.refresh, which has the clock, already refused an expired one
 
     def is_revoked(self) -> bool:
         return self.revoked

@@ -2,8 +2,9 @@
 
 Claims: ``iss`` and ``aud`` (both the FHIR base URL), ``sub``, ``client_id``, ``scope``,
 ``patient`` (when there is a patient context), ``fhirUser``, ``exp``, ``iat``, ``jti``.
-The FHIR API and introspection both verify a token through ``TokenIssuer.verify``, which also
-refuses a revoked ``jti``.
+They are signed with the key ring's current key. The FHIR API and introspection both verify a
+token through ``TokenIssuer.verify``, which accepts only the ring's keys and refuses a revoked
+``jti``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from launch.sandbox.errors import Unauthorized
 from launch.sandbox.grant_store import GrantStore
-from launch.sandbox.keys import SigningKey
+from launch.sandbox.keys import KeyRing
 from launch.sandbox.oauth_models import Authorization
 
 
@@ -36,14 +37,14 @@ class TokenIssuer:
 
     def __init__(
         self,
-        key: SigningKey,
+        keys: KeyRing,
         grants: GrantStore,
         *,
         fhir_base: str,
         ttl: int,
         clock: Callable[[], float],
     ) -> None:
-        self._key = key
+        self._keys = keys
         self._grants = grants
         self._fhir_base = fhir_base
         self._ttl = ttl
@@ -57,7 +58,10 @@ class TokenIssuer:
         scope: str,
         expires_in: int | None = None,
     ) -> IssuedAccessToken:
-        """Sign an access token for this client, user, patient and granted scope."""
+        """Sign an access token for this client, user, patient and granted scope.
+
+        It lives ``expires_in`` seconds, by default the configured ``access_token_ttl``.
+        """
         now = int(self._clock())
         ttl = expires_in or self._ttl
         jti = secrets.token_urlsafe(16)
@@ -74,11 +78,11 @@ class TokenIssuer:
         }
         if authorization.patient is not None:
             claims["patient"] = authorization.patient
-        return IssuedAccessToken(self._key.sign(claims), jti, ttl)
+        return IssuedAccessToken(self._keys.sign(claims), jti, ttl)
 
     def verify(self, token: str) -> dict[str, Any]:
         """Claims of a valid, unexpired, unrevoked access token; ``Unauthorized`` otherwise."""
-        claims = self._key.verify(
+        claims = self._keys.verify(
             token, issuer=self._fhir_base, audience=self._fhir_base, now=int(self._clock())
         )
         jti = claims.get("jti")
