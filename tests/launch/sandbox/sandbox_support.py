@@ -8,7 +8,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -17,7 +17,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import uvicorn
+from joserfc import jwt
+from joserfc.jwk import Key, KeySet
 
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: An EHR launch asking for everything: OIDC, a refresh token and the patient's data.
+FULL_SCOPE = "launch openid fhirUser offline_access patient/*.rs"
+#: A backend service (client credentials) that authenticates with private_key_jwt.
+BACKEND_ID = "backend-app"
 CLIENT_ID = "chartcite"
 SECRET_CLIENT_ID = "confidential-app"
 CLIENT_SECRET = "s3cret-value"
@@ -310,5 +317,43 @@ class SmartClient:
         return self.http.get(url, params=params or None, headers=headers)
 
 
-#: ``with sandbox_factory(clock=…, **config_overrides) as client:`` (fixture in conftest.py)
+def client_assertion(
+    key: Key,
+    *,
+    client_id: str,
+    aud: str,
+    now: float,
+    alg: str = "RS384",
+    kid: str | None = None,
+    lifetime: int = 240,
+    **claims: Any,
+) -> str:
+    """An RFC 7523 client assertion; ``claims`` override (``None`` drops) the standard ones."""
+    body: dict[str, Any] = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": aud,
+        "exp": int(now) + lifetime,
+        "jti": secrets.token_urlsafe(12),
+    }
+    body.update(claims)
+    body = {name: value for name, value in body.items() if value is not None}
+    header = {"alg": alg, "kid": kid if kid is not None else key.kid, "typ": "JWT"}
+    return jwt.encode(header, body, key, algorithms=[alg])
+
+
+def public_jwks(*keys: Key) -> dict[str, Any]:
+    """The JWK Set an asymmetric app registers: the public halves of ``keys``."""
+    return dict(KeySet(list(keys)).as_dict(private=False))
+
+
+def assertion_form(assertion: str) -> dict[str, str]:
+    """The token-request fields that carry a client assertion (RFC 7523 §2.2)."""
+    return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+
+
+#: ``with sandbox_factory(clock=…, clients=…, jwks_fetcher=…, **config_overrides) as client:``
+#: (fixture in conftest.py)
 SandboxFactory = Callable[..., AbstractContextManager[SmartClient]]
+#: Extra clients to register, given the sandbox's origin (for redirect URIs and jwks_uri).
+ClientsFor = Callable[[str], Sequence[Any]]

@@ -45,7 +45,12 @@ def test_smart_configuration(sandbox: SmartClient) -> None:
     assert config["authorization_endpoint"] == f"{sandbox.base}/auth/authorize"
     assert config["token_endpoint"] == f"{sandbox.base}/auth/token"
     assert config["introspection_endpoint"] == f"{sandbox.base}/auth/introspect"
+    assert config["revocation_endpoint"] == f"{sandbox.base}/auth/revoke"
     assert config["jwks_uri"] == f"{sandbox.base}/auth/jwks"
+    assert {"private_key_jwt", "client_secret_basic", "client_secret_post", "none"} == set(
+        config["token_endpoint_auth_methods_supported"]
+    )
+    assert config["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
     assert config["code_challenge_methods_supported"] == ["S256"]
     assert config["response_types_supported"] == ["code"]
     assert set(config["grant_types_supported"]) == {
@@ -58,6 +63,7 @@ def test_smart_configuration(sandbox: SmartClient) -> None:
         "launch-standalone",
         "client-public",
         "client-confidential-symmetric",
+        "client-confidential-asymmetric",
         "context-ehr-patient",
         "context-standalone-patient",
         "sso-openid-connect",

@@ -12,7 +12,7 @@ import pytest
 import launch.sandbox
 from launch.sandbox import SandboxClient, SandboxConfig, SandboxStore
 from launch.sandbox.errors import Unauthorized
-from launch.sandbox.keys import SigningKey
+from launch.sandbox.keys import KeyRing, SigningKey
 
 
 def test_signing_key_is_persisted_privately(tmp_path: Path) -> None:
@@ -54,6 +54,52 @@ def test_config_urls_and_validation() -> None:
     with pytest.raises(ValueError):
         SandboxConfig(base_url="https://ehr.example", app_launch_url="x", clients=(client, client))
     assert SandboxConfig(base_url="https://ehr.example", app_launch_url="x", clients=()).fhir_base
+
+
+def test_client_auth_methods_follow_the_credentials() -> None:
+    jwks = {"keys": [{"kty": "EC", "crv": "P-384", "x": "x", "y": "y", "kid": "k"}]}
+    cb = ("http://127.0.0.1:1/cb",)
+    assert SandboxClient("pub", cb).auth_methods == {"none"}
+    assert SandboxClient("pub", cb).is_public
+    secret = SandboxClient("sym", cb, client_secret="s")
+    assert secret.auth_methods == {"client_secret_basic", "client_secret_post"}
+    asym = SandboxClient("asym", cb, jwks=jwks)
+    assert asym.auth_methods == {"private_key_jwt"}
+    assert not asym.is_public
+    by_uri = SandboxClient("uri", (), jwks_uri="https://app.example/jwks.json")
+    assert by_uri.auth_methods == {"private_key_jwt"}
+    narrowed = SandboxClient(
+        "one", cb, client_secret="s", token_endpoint_auth_method="client_secret_post"
+    )
+    assert narrowed.auth_methods == {"client_secret_post"}
+    assert hash(asym)  # an inline JWKS does not make the client unhashable
+    with pytest.raises(ValueError):
+        SandboxClient("both", (), jwks=jwks, jwks_uri="https://app.example/jwks.json")
+    with pytest.raises(ValueError):
+        SandboxClient("bad", (), jwks={"kty": "RSA"})
+    with pytest.raises(ValueError):
+        SandboxClient("plain", (), jwks_uri="http://app.example/jwks.json")  # https or loopback
+    with pytest.raises(ValueError):
+        SandboxClient(
+            "mismatch", cb, client_secret="s", token_endpoint_auth_method="private_key_jwt"
+        )
+    with pytest.raises(ValueError):
+        SandboxClient("pub", cb, token_endpoint_auth_method="client_secret_basic")
+
+
+def test_key_ring_rotation() -> None:
+    first = SigningKey.generate()
+    ring = KeyRing(first)
+    token = ring.sign({"iss": "i", "aud": "a", "exp": 2_000_000_000})
+    kept = ring.rotate(keep_old=True)
+    assert [k["kid"] for k in ring.jwks()["keys"]] == [kept.kid, first.kid]
+    assert ring.verify(token, issuer="i", audience="a", now=10)["aud"] == "a"
+    ring.rotate(keep_old=False)
+    assert len(ring.jwks()["keys"]) == 1
+    with pytest.raises(Unauthorized):
+        ring.verify(token, issuer="i", audience="a", now=10)
+    with pytest.raises(Unauthorized):
+        ring.verify("not.a.jwt", issuer="i", audience="a", now=10)
 
 
 def test_public_surface_is_sorted() -> None:

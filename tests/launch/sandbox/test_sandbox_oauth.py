@@ -11,14 +11,13 @@ from joserfc.jwk import KeySet
 from tests.launch.sandbox.sandbox_support import (
     CLIENT_ID,
     CLIENT_SECRET,
+    FULL_SCOPE,
     SECRET_CLIENT_ID,
     FakeClock,
     SandboxFactory,
     SmartClient,
     query_of,
 )
-
-FULL_SCOPE = "launch openid fhirUser offline_access patient/*.rs"
 
 
 def test_ehr_launch_issues_smart_token_response(sandbox: SmartClient) -> None:
