@@ -25,14 +25,15 @@ from rag.concepts import lexicon
 from smart_app import (
     AppConfig,
     AppState,
-    ClientConfig,
     SmartClient,
     SyncJobs,
     TokenCipher,
     install_routes,
     new_key_b64,
 )
-from smart_app.ehrs import normalise_iss
+from smart_app.bearer import BearerVerifier
+from smart_app.ehrs import EhrRegistration, EhrRegistry, normalise_iss
+from smart_app.keys import AppKeys
 
 log = logging.getLogger("chartcite")
 
@@ -52,29 +53,56 @@ def token_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def registrations(settings: Settings) -> EhrRegistry:
+    """The registered EHRs: ``CHARTCITE_EHRS``, plus one registration per ``iss_allowlist`` entry
+    with the shorthand ``client_id``/``client_secret``/``scopes``/``fhir_url_aliases``."""
+    regs: list[EhrRegistration] = []
+    for e in settings.ehrs:
+        regs.append(
+            EhrRegistration(
+                iss=e.iss,
+                client_id=e.client_id,
+                auth_method=e.auth_method,
+                client_secret=e.client_secret.get_secret_value() if e.client_secret else None,
+                scope=e.scope,
+                aliases=tuple(e.aliases),
+                token_format=e.token_format,
+                allow_without_pkce=e.allow_without_pkce,
+                name=e.name,
+            )
+        )
+    secret = settings.client_secret.get_secret_value() if settings.client_secret else None
+    aliases = {normalise_iss(k): v for k, v in settings.fhir_url_aliases.items()}
+    known = {r.iss for r in regs}
+    for iss in settings.iss_allowlist:
+        if normalise_iss(iss) in known:
+            continue
+        regs.append(
+            EhrRegistration(
+                iss=iss,
+                client_id=settings.client_id,
+                auth_method="client_secret_basic" if secret else "none",
+                client_secret=secret,
+                scope=settings.scopes,
+                aliases=tuple(aliases.get(normalise_iss(iss), ())),
+            )
+        )
+        known.add(normalise_iss(iss))
+    return EhrRegistry(regs)
+
+
 def app_config(settings: Settings) -> AppConfig:
     return AppConfig(
         base_url=settings.base_url,
-        client=ClientConfig(
-            client_id=settings.client_id,
-            redirect_uri=settings.redirect_uri,
-            scope=settings.scopes,
-            client_secret=settings.client_secret.get_secret_value()
-            if settings.client_secret
-            else None,
-        ),
-        iss_allowlist=tuple(i.rstrip("/") for i in settings.iss_allowlist),
+        ehrs=registrations(settings),
         state_ttl_seconds=settings.state_ttl_seconds,
         session_ttl_seconds=settings.session_ttl_seconds,
         secure_cookies=settings.secure_cookies,
+        token_check_seconds=settings.token_check_seconds,
         sync_page_size=settings.sync_page_size,
         sync_lease_seconds=settings.sync_lease_seconds,
         sync_full_every_seconds=settings.sync_full_every_hours * 3600,
         fhir_retry=fhir_retry(settings),
-        fhir_url_aliases={
-            normalise_iss(iss): tuple(a.rstrip("/") for a in aliases)
-            for iss, aliases in settings.fhir_url_aliases.items()
-        },
     )
 
 
@@ -108,17 +136,25 @@ def create_app(
             warm_up()
             lexicon()  # parse and compile the clinical lexicon before the first question
             await validator.start()
-            cipher = TokenCipher.from_b64(token_key(settings))
+            cipher = TokenCipher.from_b64(
+                token_key(settings),
+                tuple(k.get_secret_value() for k in settings.token_keys_retired),
+            )
             async with httpx2.AsyncClient(timeout=settings.http_timeout_seconds) as http:
                 state = AppState(
                     config=app_config(settings),
                     engine=engine,
                     cipher=cipher,
-                    smart=SmartClient(http, discovery_ttl=settings.discovery_ttl_seconds),
+                    smart=SmartClient(
+                        http,
+                        discovery_ttl=settings.discovery_ttl_seconds,
+                        keys=AppKeys.load_or_create(settings.app_keys_path),
+                    ),
                     embedder=embedder,
                     validator=validator,
                 )
                 state.jobs = SyncJobs(state)
+                state.bearer = BearerVerifier(state)
                 await state.jobs.close_dead_runs()
                 app.state.chartcite = state
                 if on_ready is not None:

@@ -24,7 +24,8 @@ from launch.db import Database
 from launch.importer import ImportReport, import_path
 from launch.settings import Settings
 from smart_app.ehrs import normalise_iss
-from smart_app.oauth import SmartClient
+from smart_app.keys import AppKeys
+from smart_app.oauth import ClientConfig, SmartClient
 
 
 @dataclass
@@ -44,13 +45,21 @@ async def bulk_sync(
     say: Callable[[str], None] | None = None,
 ) -> BulkReport:
     iss = normalise_iss(iss)
-    secret = settings.resolved_bulk_secret()
-    if secret is None:
-        raise ValueError("CHARTCITE_BULK_CLIENT_SECRET is required for a bulk sync")
+    keys = None
+    secret = None
+    if settings.bulk_auth_method == "private_key_jwt":
+        keys = AppKeys.load_or_create(settings.app_keys_path)
+    else:
+        secret = settings.resolved_bulk_secret()
+        if secret is None:
+            raise ValueError("CHARTCITE_BULK_CLIENT_SECRET is required for a bulk sync")
+    client = ClientConfig(
+        settings.bulk_client_id, "", scope, secret, auth_method=settings.bulk_auth_method
+    )
     async with httpx2.AsyncClient(timeout=settings.http_timeout_seconds) as http:
-        smart = SmartClient(http)
-        conf = await smart.discover(iss)
-        token = await smart.backend_token(conf, settings.bulk_client_id, secret, scope)
+        smart = SmartClient(http, keys=keys)
+        conf = await smart.discover(iss, allow_without_pkce=True)
+        token = await smart.backend_token(conf, client, scope)
     retry = fhir_retry(settings)
 
     def note(text: str) -> None:

@@ -1,4 +1,4 @@
-"""``chartcite``: demo, serve, db upgrade, audit verify, model build, bench."""
+"""``chartcite``: demo, serve, db upgrade, audit verify, keys, model build, bench."""
 
 from __future__ import annotations
 
@@ -75,6 +75,23 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return 0
     print(f"audit chain BROKEN at seq {report.first_bad_seq}: {report.reason}", file=sys.stderr)
     return 1
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """chartcite's private_key_jwt keys: show the JWKS, rotate (add a new pair), retire old ones."""
+    from smart_app.keys import AppKeys
+
+    settings = _settings(args, env="dev" if args.dev else None)
+    keys = AppKeys.load_or_create(settings.app_keys_path)
+    if args.keys_command == "rotate":
+        print("new signing keys:", ", ".join(keys.rotate()))
+        print("the old keys stay published until `chartcite keys retire`")
+    elif args.keys_command == "retire":
+        dropped = keys.retire()
+        print("no longer published:", ", ".join(dropped) or "nothing (one key per algorithm)")
+    else:
+        print(json.dumps(keys.jwks(), indent=2))
+    return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -328,6 +345,19 @@ def parser() -> argparse.ArgumentParser:
     common(verify)
     verify.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
     verify.set_defaults(func=cmd_audit_verify)
+
+    keys = sub.add_parser("keys", help="private_key_jwt signing keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    for name, text in (
+        ("show", "print the public JWKS (as served at /.well-known/jwks.json)"),
+        ("rotate", "add a new key pair per algorithm; it signs from now on"),
+        ("retire", "stop publishing all but the newest key per algorithm"),
+    ):
+        k = keys.add_parser(name, help=text)
+        common(k)
+        k.add_argument("--dev", action="store_true", help="dev settings")
+        k.set_defaults(func=cmd_keys)
 
     sync = sub.add_parser(
         "sync", help="--repair: rebuild derived data offline; --bulk: population $export"

@@ -1,6 +1,8 @@
 """Drive the demo like a browser would, over real HTTP: EHR launch with redirects, sync, ask.
 
-Used by ``chartcite bench`` and the integration tests; plain httpx2 with a cookie jar.
+Used by ``chartcite bench`` and the integration tests; plain httpx2 with a cookie jar (for the
+pre-auth cookie). Like the page, the client keeps the session the callback hands over in the URL
+fragment (``/#session=…``) and sends it as ``X-Chartcite-Session`` with every call.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from urllib.parse import urlencode
 
 import httpx2
 
+SESSION_HEADER = "X-Chartcite-Session"
+
 
 def launch_patient(
     base_url: str,
@@ -19,16 +23,41 @@ def launch_patient(
     scope: str | None = None,
     deny: bool = False,
     timeout: float = 30.0,
+    ehr_path: str = "/ehr",
+    extra: dict[str, str] | None = None,
 ) -> tuple[httpx2.Client, httpx2.Response]:
     """EHR-launch the app for a patient; returns the signed-in client and the final response."""
-    client = httpx2.Client(base_url=base_url, follow_redirects=True, timeout=timeout)
     params: dict[str, str] = {"patient": patient_id}
     if scope:
         params["scope"] = scope
     if deny:
         params["deny"] = "1"
-    response = client.get(f"/ehr/launch?{urlencode(params)}")
+    params.update(extra or {})
+    client = httpx2.Client(base_url=base_url, follow_redirects=False, timeout=timeout)
+    response = follow_launch(client, f"{ehr_path}/launch?{urlencode(params)}")
     return client, response
+
+
+def follow_launch(client: httpx2.Client, url: str, *, hops: int = 10) -> httpx2.Response:
+    """Follow a launch's redirects; at the page, take the session from the fragment."""
+    response = client.get(url)
+    history: list[httpx2.Response] = []
+    for _ in range(hops):
+        if not response.is_redirect:
+            response.history = history  # as httpx's own redirect following would record them
+            return response
+        history.append(response)
+        location = response.headers["location"]
+        page, _, fragment = location.partition("#")
+        session = dict(p.split("=", 1) for p in fragment.split("&") if "=" in p).get("session")
+        if session:
+            client.headers[SESSION_HEADER] = session
+        response = client.get(str(response.url.join(page)))
+    return response
+
+
+def session_of(client: httpx2.Client) -> str | None:
+    return client.headers.get(SESSION_HEADER)
 
 
 def sync_patient(

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import SecretStr
+from starlette.types import ASGIApp
 
 from launch.app import create_app
 from launch.db import Database
@@ -27,7 +29,7 @@ from launch.sandbox import (
     generate_patients,
     load_fhir_dir,
 )
-from launch.settings import Settings
+from launch.settings import EhrSettings, Settings
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -62,6 +64,9 @@ class Demo:
         return f"{self.settings.base_url}/ehr/fhir"
 
 
+SECOND_EHR_SECRET = "s3cr+t/with:odd%chars&more="  # RFC 6749 §2.3.1 form-encoding matters
+
+
 def build_demo(
     settings: Settings,
     store: SandboxStore,
@@ -69,8 +74,13 @@ def build_demo(
     database: Database | None = None,
     on_ready: object = None,
     token_ttl: int = 3600,
+    second_store: SandboxStore | None = None,
 ) -> Demo:
-    """The app with the sandbox EHR at ``/ehr``; the sandbox's FHIR base is on the allow-list."""
+    """The app with the sandbox EHR at ``/ehr``; the sandbox's FHIR base is registered.
+
+    ``second_store``: a second, independent EHR at ``/ehr2`` (its own keys, tokens and patients —
+    ids may overlap the first's), where chartcite is a confidential client (``client_secret_basic``
+    with a secret that needs form-encoding)."""
     base = settings.base_url
     iss = f"{base}/ehr/fhir"
     if iss not in settings.iss_allowlist:
@@ -94,10 +104,39 @@ def build_demo(
         store,
     )
     faults = FaultPlan()
+    mounts: dict[str, ASGIApp] = {"/ehr": FaultInjector(sandbox, faults)}
+    if second_store is not None:
+        iss2 = f"{base}/ehr2/fhir"
+        if not any(e.iss.rstrip("/") == iss2 for e in settings.ehrs):
+            second = EhrSettings(
+                iss=iss2,
+                client_id="chartcite-b",
+                auth_method="client_secret_basic",
+                client_secret=SecretStr(SECOND_EHR_SECRET),
+                scope=settings.scopes,
+                name="second sandbox EHR",
+            )
+            settings = settings.model_copy(update={"ehrs": [*settings.ehrs, second]})
+        mounts["/ehr2"] = create_sandbox_app(
+            SandboxConfig(
+                base_url=f"{base}/ehr2",
+                app_launch_url=f"{base}/launch",
+                clients=(
+                    SandboxClient(
+                        client_id="chartcite-b",
+                        redirect_uris=(settings.redirect_uri,),
+                        client_secret=SECOND_EHR_SECRET,
+                    ),
+                ),
+                signing_key_path=settings.data_dir / "sandbox2-signing-key.json",
+                access_token_ttl=token_ttl,
+            ),
+            second_store,
+        )
     app = create_app(
         settings,
         database=database,
-        mounts={"/ehr": FaultInjector(sandbox, faults)},
+        mounts=mounts,
         on_ready=on_ready,  # type: ignore[arg-type]
     )
     return Demo(settings=settings, app=app, store=store, faults=faults)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SCOPES = "launch openid fhirUser offline_access patient/*.rs"
@@ -19,6 +19,25 @@ DEFAULT_SCOPES = "launch openid fhirUser offline_access patient/*.rs"
 def default_data_dir() -> Path:
     """Where the embedded database, the key file and the model live unless told otherwise."""
     return Path(platformdirs.user_data_dir("chartcite", appauthor=False))
+
+
+class EhrSettings(BaseModel):
+    """One registered EHR (an item of ``CHARTCITE_EHRS``, a JSON list)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    iss: str
+    client_id: str
+    auth_method: Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt"] = (
+        "none"
+    )
+    client_secret: SecretStr | None = None
+    scope: str = DEFAULT_SCOPES
+    aliases: list[str] = Field(default_factory=list)
+    token_format: Literal["opaque", "jwt"] = "opaque"
+    """How bearer tokens from this EHR are checked: RFC 7662 introspection, or its JWKS."""
+    allow_without_pkce: bool = False
+    name: str = ""
 
 
 class Settings(BaseSettings):
@@ -38,8 +57,11 @@ class Settings(BaseSettings):
     public_url: str = ""
     """Public base URL of the app (no trailing slash); derived from host/port when empty."""
 
+    ehrs: list[EhrSettings] = Field(default_factory=list)
+    """The registered EHRs (``CHARTCITE_EHRS``: a JSON list of ``EhrSettings``)."""
     iss_allowlist: list[str] = Field(default_factory=list)
-    """FHIR base URLs allowed as ``iss``. The demo adds its own sandbox."""
+    """Shorthand: FHIR base URLs registered with ``client_id``/``client_secret``/``scopes``
+    below (one registration each). The demo adds its own sandbox."""
     client_id: str = "chartcite"
     client_secret: SecretStr | None = None
     scopes: str = DEFAULT_SCOPES
@@ -47,12 +69,20 @@ class Settings(BaseSettings):
     bulk_client_id: str = "chartcite-bulk"
     """The confidential client ``chartcite sync --bulk`` authenticates as (client credentials)."""
     bulk_client_secret: SecretStr | None = None
+    bulk_auth_method: Literal["client_secret_basic", "private_key_jwt"] = "client_secret_basic"
+    """SMART Backend Services: ``private_key_jwt`` signs with chartcite's keys (its JWKS at
+    ``/.well-known/jwks.json``; register that URL with the EHR); the secret variant is for EHRs
+    that issue one."""
     """Its secret; in dev, read from (or created in) ``data_dir/sandbox-bulk-secret``."""
 
     token_key: SecretStr | None = None
+    token_keys_retired: list[SecretStr] = Field(default_factory=list)
+    """Earlier token keys, for decrypting only (rotation: a JSON list of base64 keys)."""
     """Base64 of 32 bytes; encrypts OAuth tokens at rest. Dev generates one in the data dir."""
     state_ttl_seconds: int = 600
     session_ttl_seconds: int = 8 * 3600
+    token_check_seconds: float = 60.0
+    """How often an open session's EHR token is re-checked by introspection (when offered)."""
     discovery_ttl_seconds: int = 300
     http_timeout_seconds: float = 20.0
 
@@ -80,8 +110,10 @@ class Settings(BaseSettings):
         if self.env != "dev":
             if self.token_key is None:
                 raise ValueError("CHARTCITE_TOKEN_KEY is required outside dev (base64 of 32 bytes)")
-            if not self.iss_allowlist:
-                raise ValueError("CHARTCITE_ISS_ALLOWLIST is required outside dev")
+            if not self.iss_allowlist and not self.ehrs:
+                raise ValueError(
+                    "CHARTCITE_EHRS (or CHARTCITE_ISS_ALLOWLIST) is required outside dev"
+                )
         return self
 
     def resolved_bulk_secret(self) -> str | None:
@@ -109,6 +141,11 @@ class Settings(BaseSettings):
     def resolved_model_dir(self) -> Path:
         """The model is a per-user cache, shared by every data dir (built once by setup)."""
         return self.model_dir or (default_data_dir() / "models" / "all-MiniLM-L6-v2")
+
+    @property
+    def app_keys_path(self) -> Path:
+        """chartcite's private_key_jwt signing keys (created on first use, mode 0600)."""
+        return self.data_dir / "app-keys.json"
 
     @property
     def secure_cookies(self) -> bool:

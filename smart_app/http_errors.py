@@ -21,7 +21,13 @@ log = logging.getLogger("chartcite.errors")
 BROWSER_PATHS = ("/launch", "/callback")
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> Response:
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
     if request.url.path in BROWSER_PATHS:
         body = (
             "<!doctype html><html><head><meta charset='utf-8'><title>chartcite: launch failed</title>"
@@ -31,8 +37,10 @@ def error_response(request: Request, status: int, code: str, message: str) -> Re
             f"<p>Error code: <code>{html.escape(code)}</code> (HTTP {status})</p>"
             "<p>Close this window and launch chartcite again from your EHR.</p></body></html>"
         )
-        return HTMLResponse(body, status_code=status)
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+        return HTMLResponse(body, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -47,7 +55,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> Response:
-        return error_response(request, exc.status, exc.code, exc.message)
+        return error_response(request, exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(FhirAdapterError)
     async def _fhir_error(request: Request, exc: FhirAdapterError) -> Response:

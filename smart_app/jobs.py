@@ -30,9 +30,10 @@ from fhir_adapters import repository as store
 from rag import index_patient
 from smart_app import repository as repo
 from smart_app.audit import AuditRecord
-from smart_app.errors import AppError, NotAuthenticated
+from smart_app.errors import AppError
 from smart_app.session import SessionContext
 from smart_app.state import AppState
+from smart_app.tokens import live_access_token
 
 log = logging.getLogger("chartcite.sync")
 
@@ -169,36 +170,9 @@ class SyncJobs:
         await self.wait_all()
 
     async def _access_token(self, session: SessionContext, *, force_refresh: bool = False) -> str:
-        st = self.state
-        async with st.engine.connect() as conn:
-            row = await repo.get_session(conn, session.id_hash)
-        if row is None:
-            raise NotAuthenticated("the session expired during the sync", code="session_expired")
-        expired = row.token_expires_at is not None and row.token_expires_at < datetime.now(
-            UTC
-        ) + timedelta(seconds=30)
-        if not expired and not force_refresh:
-            return st.cipher.decrypt(row.access_token_enc, context=b"access")
-        if row.refresh_token_enc is None:
-            raise NotAuthenticated(
-                "the EHR token expired and cannot be refreshed: launch again",
-                code="session_expired",
-            )
-        conf = await st.smart.discover(row.iss)
-        token = await st.smart.refresh(
-            conf, st.config.client, st.cipher.decrypt(row.refresh_token_enc, context=b"refresh")
-        )
-        values: dict[str, Any] = {
-            "access_token_enc": st.cipher.encrypt(token.access_token, context=b"access"),
-            "token_expires_at": datetime.fromtimestamp(token.expires_at, UTC)
-            if token.expires_at
-            else None,
-        }
-        if token.refresh_token:
-            values["refresh_token_enc"] = st.cipher.encrypt(token.refresh_token, context=b"refresh")
-        async with st.engine.begin() as conn:
-            await repo.update_session_tokens(conn, row.id_hash, **values)
-        return token.access_token
+        """A live token for the sync; the session ends (and the sync fails) when there is none."""
+        _, token = await live_access_token(self.state, session.id_hash, force_refresh=force_refresh)
+        return token
 
     async def _set(self, session: SessionContext, sync_id: uuid.UUID, **values: Any) -> None:
         async with self.state.engine.begin() as conn:
@@ -224,7 +198,7 @@ class SyncJobs:
         return FhirClient(
             session.iss,
             token,
-            aliases=config.fhir_url_aliases.get(session.iss.rstrip("/"), ()),
+            aliases=config.aliases(session.iss),
             retry=config.fhir_retry,
             refresh=refresh,
         )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smart_app.audit import GENESIS, AuditRecord, chain_hash
@@ -71,8 +72,40 @@ async def get_session(conn: AsyncConnection, id_hash: str) -> Any:
     ).one_or_none()
 
 
+async def lock_session(conn: AsyncConnection, id_hash: str) -> Any:
+    """The live session row, locked until the caller's transaction ends (one refresh at a time,
+    across processes: refresh tokens rotate, a second concurrent refresh would fail)."""
+    return (
+        await conn.execute(
+            select(_session)
+            .where(_session.c.id_hash == id_hash, _session.c.expires_at > now())
+            .with_for_update()
+        )
+    ).one_or_none()
+
+
 async def update_session_tokens(conn: AsyncConnection, id_hash: str, **values: Any) -> None:
     await conn.execute(update(_session).where(_session.c.id_hash == id_hash).values(**values))
+
+
+async def end_session(conn: AsyncConnection, id_hash: str) -> bool:
+    """Delete a session (its encrypted tokens with it); ``True`` if there was one."""
+    result = await conn.execute(delete(_session).where(_session.c.id_hash == id_hash))
+    # Housekeeping: sessions past their expiry are gone too.
+    await conn.execute(delete(_session).where(_session.c.expires_at < now()))
+    return bool(result.rowcount)
+
+
+async def upsert_bearer_session(conn: AsyncConnection, **values: Any) -> None:
+    """The row behind an app's bearer token: created on first use, its expiry kept current."""
+    t = now()
+    stmt = pg_insert(_session).values(created_at=t, checked_at=t, kind="bearer", **values)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[_session.c.id_hash],
+            set_={"expires_at": stmt.excluded.expires_at, "checked_at": t},
+        )
+    )
 
 
 async def append_audit(conn: AsyncConnection, record: AuditRecord) -> str:

@@ -11,11 +11,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 
-from fhir_adapters import get_resource, get_sync_run, latest_sync_run
+from fhir_adapters import AccessFilter, get_resource, get_sync_run, latest_sync_run
 from rag import AnswerBody, answer_question, get_answer
 from smart_app import repository as repo
+from smart_app.bearer import insufficient_scope
 from smart_app.errors import Conflict, Forbidden, NotFound
-from smart_app.session import SessionContext, app_state, current_session
+from smart_app.session import CHART_TYPES, SessionContext, app_state, current_session
 
 router = APIRouter(prefix="/api")
 health = APIRouter()
@@ -38,15 +39,33 @@ class AskRequest(BaseModel):
         return value
 
 
-def _sync_json(run: dict[str, Any]) -> dict[str, Any]:
+def _visible_types(value: Any, access: AccessFilter) -> Any:
+    """A per-type mapping without the resource types the caller may not read (operators' keys,
+    lower-case — timings, retries — stay)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if type_visible(k, access)}
+
+
+def type_visible(name: str, access: AccessFilter) -> bool:
+    """May this caller learn about resources of type ``name``? A note's Binary goes with
+    DocumentReference; names that are not resource types (timings, retries) always."""
+    if name == "Binary":
+        return access.allows("DocumentReference")
+    if name in CHART_TYPES:
+        return access.allows(name)
+    return True
+
+
+def _sync_json(run: dict[str, Any], access: AccessFilter) -> dict[str, Any]:
     return {
         "id": str(run["id"]),
         "status": run["status"],
         "phase": run["phase"],
-        "counts": run["counts"],
+        "counts": _visible_types(run["counts"], access),
         "quarantined": run["quarantined"],
         "error": run["error"],
-        "errors": run["errors"],
+        "errors": _visible_types(run["errors"], access),
         "mode": run["mode"],
         "started_at": run["started_at"].isoformat(),
         "heartbeat_at": _iso(run["heartbeat_at"]),
@@ -109,7 +128,14 @@ async def context(request: Request, session: Session) -> dict[str, Any]:
         "scopes": list(session.scopes.raw),
         "readable_types": sorted(session.access.resource_types),
         "banner": banner,
-        "last_sync": _sync_json(last) if last else None,
+        "need_patient_banner": session.need_patient_banner,
+        "smart_style_url": session.smart_style_url,
+        "encounter": f"Encounter/{session.encounter_id}" if session.encounter_id else None,
+        "intent": session.launch_context.get("intent"),
+        "tenant": session.launch_context.get("tenant"),
+        "fhirContext": session.launch_context.get("fhirContext") or [],
+        "via": session.kind,
+        "last_sync": _sync_json(last, session.access) if last else None,
     }
 
 
@@ -138,7 +164,9 @@ async def start_sync(
         run = await get_sync_run(conn, session.access, sync_id)
     assert run is not None
     return JSONResponse(
-        _sync_json(run), status_code=202, headers={"Location": f"/api/sync/{sync_id}"}
+        _sync_json(run, session.access),
+        status_code=202,
+        headers={"Location": f"/api/sync/{sync_id}"},
     )
 
 
@@ -152,7 +180,7 @@ async def sync_status(request: Request, sync_id: str, session: Session) -> dict[
         run = await get_sync_run(conn, session.access, key)
     if run is None:
         raise NotFound("no such sync run for this patient", code="sync_not_found")
-    return _sync_json(run)
+    return _sync_json(run, session.access)
 
 
 @router.post("/ask", response_model=AnswerBody)
@@ -214,9 +242,10 @@ async def read_resource(
     ref = f"{resource_type[:64]}/{resource_id[:64]}"
     if not session.access.allows(resource_type):
         await _audit(request, session, "resource_read", "scope_denied", resource=ref)
-        raise Forbidden(
-            f"the granted scopes do not allow reading {resource_type[:64]}", code="scope_denied"
-        )
+        message = f"the granted scopes do not allow reading {resource_type[:64]}"
+        if session.kind == "bearer":
+            raise insufficient_scope(message)
+        raise Forbidden(message, code="scope_denied")
     async with app_state(request).engine.connect() as conn:
         resource = await get_resource(conn, session.access, resource_type, resource_id)
     if resource is None:
@@ -226,9 +255,33 @@ async def read_resource(
     return JSONResponse(resource, media_type="application/fhir+json")
 
 
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, str) and "/" in value and value[:1].isupper()
+
+
+def audit_view(detail: dict[str, Any], access: AccessFilter) -> dict[str, Any] | None:
+    """An audit record's detail as this caller may see it: references to resource types it may
+    not read are removed, per-type counts of them too; a record *about* such a resource (a read
+    of it) is not shown at all (``None``)."""
+    ref = detail.get("resource")
+    if _is_ref(ref) and not type_visible(str(ref).split("/", 1)[0], access):
+        return None
+    out: dict[str, Any] = {}
+    for key, value in detail.items():
+        if isinstance(value, list) and any(_is_ref(v) for v in value):
+            out[key] = [
+                v for v in value if not _is_ref(v) or type_visible(v.split("/", 1)[0], access)
+            ]
+        elif isinstance(value, dict):
+            out[key] = _visible_types(value, access)
+        else:
+            out[key] = value
+    return out
+
+
 @router.get("/audit")
 async def audit_log(request: Request, session: Session, limit: int = 100) -> dict[str, Any]:
-    """This patient's audit records, newest first."""
+    """This patient's audit records, newest first, filtered by the caller's scopes."""
     async with app_state(request).engine.connect() as conn:
         rows = await repo.list_audit(
             conn,
@@ -236,20 +289,23 @@ async def audit_log(request: Request, session: Session, limit: int = 100) -> dic
             patient_id=session.patient_id,
             limit=max(1, min(limit, 1000)),
         )
-    return {
-        "entries": [
+    entries = []
+    for r in rows:
+        detail = audit_view(r["detail"] or {}, session.access)
+        if detail is None:
+            continue
+        entries.append(
             {
                 "seq": r["seq"],
                 "recorded_at": r["recorded_at"].isoformat(),
                 "action": r["action"],
                 "outcome": r["outcome"],
                 "actor": r["actor"],
-                "detail": r["detail"],
+                "detail": detail,
                 "hash": r["hash"],
             }
-            for r in rows
-        ]
-    }
+        )
+    return {"entries": entries}
 
 
 @health.get("/healthz")

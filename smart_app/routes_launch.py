@@ -8,32 +8,50 @@ verification, and the *granted* scopes as truth. Browser-facing: errors render a
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from smart_app import repository as repo
 from smart_app.audit import AuditRecord
 from smart_app.crypto import random_token, sha256_hex
-from smart_app.ehrs import normalise_iss, source_key
-from smart_app.errors import AppError, BadRequest, Forbidden
+from smart_app.ehrs import normalise_iss
+from smart_app.errors import (
+    OAUTH_ERRORS,
+    AppError,
+    BadRequest,
+    EhrRefused,
+    Forbidden,
+    NotAuthenticated,
+)
 from smart_app.oauth import ClientConfig
 from smart_app.scopes import GrantedScopes
-from smart_app.session import app_state
+from smart_app.session import SESSION_HEADER, app_state
 from smart_app.state import AppState
+from smart_app.tokens import end_session
 
 log = logging.getLogger("chartcite.launch")
 router = APIRouter()
 
 
-def _scope_for(client: ClientConfig, standalone: bool) -> str:
-    parts = client.scope.split()
+BROWSER_COOKIE_TTL = 12 * 3600
+
+
+def _scope_for(scope: str, standalone: bool) -> str:
+    parts = scope.split()
     if standalone:
         parts = ["launch/patient" if p == "launch" else p for p in parts]
         if "launch/patient" not in parts:
             parts.append("launch/patient")
     return " ".join(dict.fromkeys(parts))
+
+
+def browser_cookie_name(secure: bool) -> str:
+    """The pre-auth cookie that binds a launch's ``state`` to the browser that started it.
+    ``__Host-`` (Secure, no Domain, Path=/) wherever the app is served over https."""
+    return "__Host-chartcite-launch" if secure else "chartcite-launch"
 
 
 async def _audit(state: AppState, record: AuditRecord) -> None:
@@ -43,41 +61,62 @@ async def _audit(state: AppState, record: AuditRecord) -> None:
 
 @router.get("/launch", include_in_schema=True)
 async def launch(request: Request, iss: str | None = None, launch: str | None = None) -> Response:
-    """Start an EHR launch (``iss`` + ``launch``) or a standalone launch (``iss`` only)."""
+    """Start an EHR launch (``iss`` + ``launch``) or a standalone launch (``iss`` only).
+
+    Sets a pre-auth cookie (HttpOnly; on https ``__Host-``, Secure, SameSite=None and
+    Partitioned so that it also works inside an EHR iframe where third-party cookies are
+    blocked) whose hash is stored with the ``state``: the callback is only accepted in the same
+    browser (login CSRF). Several launches in one browser share it; each gets its own session."""
     state = app_state(request)
     if not iss:
         raise BadRequest(
             "the launch request has no iss (the EHR's FHIR base URL)", code="missing_iss"
         )
     iss = normalise_iss(iss)
-    if iss not in state.config.iss_allowlist:
+    reg = state.config.ehrs.for_iss(iss)
+    if reg is None:
         await _audit(state, AuditRecord("launch", "iss_not_allowed", detail={"iss": iss[:200]}))
-        raise Forbidden("this EHR (iss) is not on chartcite's allow-list", code="iss_not_allowed")
-    conf = await state.smart.discover(iss)
-    client = state.config.client
-    scope = _scope_for(client, standalone=not launch)
+        raise Forbidden("this EHR (iss) is not registered with chartcite", code="iss_not_allowed")
+    iss = reg.iss  # an alias launches as the registered FHIR base
+    conf = await state.smart.discover(iss, allow_without_pkce=reg.allow_without_pkce)
+    scope = _scope_for(reg.scope, standalone=not launch)
+    secure = state.config.secure_cookies
+    cookie = browser_cookie_name(secure)
+    browser = request.cookies.get(cookie) or random_token()
     oauth_state, verifier, nonce = random_token(), random_token(48), random_token(16)
     async with state.engine.begin() as conn:
         await repo.save_launch_state(
             conn,
             ttl_seconds=state.config.state_ttl_seconds,
             state_hash=sha256_hex(oauth_state),
-            source=source_key(iss),
+            source=reg.source,
             iss=iss,
             launch=launch,
             code_verifier_enc=state.cipher.encrypt(verifier, context=b"pkce"),
             nonce=nonce,
             requested_scope=scope,
+            browser_hash=sha256_hex(browser),
         )
     url = await state.smart.authorization_url(
         conf,
-        ClientConfig(client.client_id, client.redirect_uri, scope, client.client_secret),
+        ClientConfig.of(reg, state.config.redirect_uri, scope),
         state=oauth_state,
         code_verifier=verifier,
         nonce=nonce,
         launch=launch,
     )
-    return RedirectResponse(url, status_code=302)
+    response = RedirectResponse(url, status_code=302)
+    response.set_cookie(
+        cookie,
+        browser,
+        max_age=BROWSER_COOKIE_TTL,
+        path="/",
+        httponly=True,
+        secure=secure,
+        samesite="none" if secure else "lax",
+        partitioned=secure,
+    )
+    return response
 
 
 @router.get("/callback")
@@ -86,10 +125,16 @@ async def callback(
     state: str | None = None,
     code: str | None = None,
     error: str | None = None,
+    error_description: str | None = None,
 ) -> Response:
-    """Finish the launch: check state, exchange the code, verify the id_token, open a session."""
+    """Finish the launch: check state (and its browser), exchange the code, verify the id_token,
+    open a session of its own, and hand it to the page in the URL fragment (never sent to a
+    server, kept per tab by the page)."""
     app = app_state(request)
     if not state:
+        if error:  # an EHR error without our state: still the EHR's words, still audited
+            await _audit(app, AuditRecord("launch", f"ehr_{_code(error)}", detail={"state": None}))
+            raise EhrRefused("authorize", error, error_description)
         raise BadRequest("the callback has no state parameter", code="invalid_state")
     async with app.engine.begin() as conn:
         status, row = await repo.consume_launch_state(conn, sha256_hex(state))
@@ -101,16 +146,34 @@ async def callback(
             "expired": "this sign-in link expired; launch again",
         }[status]
         raise BadRequest(message, code="invalid_state")
+    browser = request.cookies.get(browser_cookie_name(app.config.secure_cookies))
+    if not browser or not secrets.compare_digest(sha256_hex(browser), row.browser_hash):
+        await _audit(app, AuditRecord("launch", "state_not_this_browser", source=row.source))
+        raise Forbidden(
+            "this sign-in was started in another browser; launch chartcite again from your EHR",
+            code="state_not_this_browser",
+        )
     if error:
-        await _audit(app, AuditRecord("launch", "denied", detail={"error": error[:64]}))
-        raise Forbidden("the EHR did not authorize chartcite for this launch", code="launch_denied")
+        refused = EhrRefused("authorize", error, error_description)
+        await _audit(
+            app,
+            AuditRecord(
+                "launch",
+                refused.code,
+                source=row.source,
+                detail={"iss": row.iss, "description": refused.description},
+            ),
+        )
+        raise refused
     if not code:
         raise BadRequest("the callback has no authorization code", code="invalid_request")
-    cfg = app.config.client
-    client = ClientConfig(cfg.client_id, cfg.redirect_uri, row.requested_scope, cfg.client_secret)
-    conf = await app.smart.discover(row.iss)
+    reg = app.config.ehrs.for_iss(row.iss)
+    if reg is None:
+        raise Forbidden("this EHR is no longer registered with chartcite", code="iss_not_allowed")
+    client = ClientConfig.of(reg, app.config.redirect_uri, row.requested_scope)
     verifier = app.cipher.decrypt(row.code_verifier_enc, context=b"pkce")
     try:
+        conf = await app.smart.discover(row.iss, allow_without_pkce=reg.allow_without_pkce)
         token = await app.smart.exchange_code(conf, client, code=code, code_verifier=verifier)
         granted = GrantedScopes.parse(token.scope)
         claims: dict[str, object] = {}
@@ -125,7 +188,10 @@ async def callback(
                 "the EHR gave no patient context for this launch", code="no_patient_context"
             )
     except AppError as exc:
-        await _audit(app, AuditRecord("launch", exc.code, detail={"iss": row.iss}))
+        detail: dict[str, object] = {"iss": row.iss}
+        if isinstance(exc, EhrRefused):
+            detail["description"] = exc.description
+        await _audit(app, AuditRecord("launch", exc.code, source=row.source, detail=detail))
         raise
     fhir_user = claims.get("fhirUser") or claims.get("profile")
     session_id = random_token()
@@ -136,7 +202,7 @@ async def callback(
             id_hash=sha256_hex(session_id),
             source=row.source,
             iss=row.iss,
-            client_id=cfg.client_id,
+            client_id=reg.client_id,
             patient_id=token.patient,
             encounter_id=token.encounter,
             fhir_user=str(fhir_user) if fhir_user else None,
@@ -150,6 +216,8 @@ async def callback(
             else None,
             need_patient_banner=token.need_patient_banner,
             smart_style_url=token.smart_style_url,
+            launch_context=token.launch_context,
+            checked_at=datetime.now(UTC),
         )
         await repo.append_audit(
             conn,
@@ -157,20 +225,62 @@ async def callback(
                 "launch",
                 "ok",
                 actor=str(fhir_user) if fhir_user else None,
-                client_id=cfg.client_id,
+                client_id=reg.client_id,
                 source=row.source,
                 patient_id=token.patient,
-                detail={"iss": row.iss, "scopes": str(granted), "standalone": row.launch is None},
+                detail={
+                    "iss": row.iss,
+                    "scopes": str(granted),
+                    "standalone": row.launch is None,
+                    "client_type": reg.client_type,
+                },
             ),
         )
-    response = RedirectResponse("/", status_code=302)
-    response.set_cookie(
-        app.config.cookie_name,
-        session_id,
-        max_age=app.config.session_ttl_seconds,
-        httponly=True,
-        secure=app.config.secure_cookies,
-        samesite="lax",
-        path="/",
+    return RedirectResponse(f"/#session={session_id}", status_code=302)
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    """End the session named by ``X-Chartcite-Session``: its EHR tokens are revoked where the EHR
+    offers RFC 7009 revocation, then deleted with the session. A custom header, not a cookie,
+    carries the session, so another site cannot make the browser log out (or in)."""
+    app = app_state(request)
+    raw = request.headers.get(SESSION_HEADER)
+    if not raw:
+        raise NotAuthenticated("no session to end", code="no_session")
+    async with app.engine.connect() as conn:
+        row = await repo.get_session(conn, sha256_hex(raw))
+    if row is None:
+        return JSONResponse({"ended": False})
+    reg = app.config.ehrs.for_iss(row.iss)
+    revoked = False
+    if reg is not None and row.kind == "launch":
+        try:
+            conf = await app.smart.discover(row.iss, allow_without_pkce=True)
+            client = ClientConfig.of(reg, app.config.redirect_uri)
+            for blob, ctx in (
+                (row.refresh_token_enc, b"refresh"),
+                (row.access_token_enc, b"access"),
+            ):
+                if blob is not None:
+                    revoked = (
+                        await app.smart.revoke(conf, client, app.cipher.decrypt(blob, context=ctx))
+                        or revoked
+                    )
+        except AppError:
+            revoked = False
+    await end_session(app, row, "logout")
+    return JSONResponse({"ended": True, "ehr_tokens_revoked": revoked})
+
+
+@router.get("/.well-known/jwks.json", include_in_schema=True)
+async def jwks(request: Request) -> JSONResponse:
+    """chartcite's public signing keys (private_key_jwt), for EHRs to verify its assertions."""
+    keys = app_state(request).smart.keys
+    return JSONResponse(
+        keys.jwks() if keys else {"keys": []}, headers={"Cache-Control": "max-age=300"}
     )
-    return response
+
+
+def _code(error: str) -> str:
+    return error if error in OAUTH_ERRORS else "other"

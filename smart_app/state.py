@@ -11,9 +11,11 @@ from fhir_adapters.client import RetryPolicy
 from fhir_adapters.validation import Validator
 from rag import Embedder
 from smart_app.crypto import TokenCipher
-from smart_app.oauth import ClientConfig, SmartClient
+from smart_app.ehrs import EhrRegistry
+from smart_app.oauth import SmartClient
 
 if TYPE_CHECKING:
+    from smart_app.bearer import BearerVerifier
     from smart_app.jobs import SyncJobs
 
 
@@ -22,17 +24,27 @@ class AppConfig:
     """Plain configuration of the SMART app (``launch.settings`` maps the environment onto it)."""
 
     base_url: str
-    client: ClientConfig
-    iss_allowlist: tuple[str, ...]
+    ehrs: EhrRegistry
     state_ttl_seconds: int = 600
     session_ttl_seconds: int = 8 * 3600
+    """The longest an app session lives; it ends sooner when the EHR token is gone."""
     secure_cookies: bool = False
+    token_check_seconds: float = 60.0
+    """How often a session's EHR token is re-checked (introspection, when the EHR offers it)."""
+    bearer_cache_seconds: float = 30.0
+    """How long an introspected bearer token's answer is reused (never past its ``exp``)."""
     sync_page_size: int = 200
     sync_lease_seconds: float = 30.0
     sync_full_every_seconds: float = 24 * 3600.0
     fhir_retry: RetryPolicy = field(default_factory=RetryPolicy)
-    fhir_url_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    cookie_name: str = "chartcite_session"
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.base_url.rstrip('/')}/callback"
+
+    def aliases(self, iss: str) -> tuple[str, ...]:
+        reg = self.ehrs.for_iss(iss)
+        return reg.aliases if reg else ()
 
 
 @dataclass
@@ -44,3 +56,4 @@ class AppState:
     embedder: Embedder
     validator: Validator = field(default_factory=lambda: Validator(workers=0))
     jobs: SyncJobs | None = None  # set by the app factory once the state exists
+    bearer: BearerVerifier | None = None  # likewise

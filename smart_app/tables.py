@@ -25,13 +25,15 @@ class LaunchState(SQLModel, table=True):
     code_verifier_enc: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     nonce: str = Field(sa_column=Column(Text, nullable=False))
     requested_scope: str = Field(sa_column=Column(Text, nullable=False))
+    browser_hash: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime | None = _ts(False)
     expires_at: datetime | None = _ts(False)
     used_at: datetime | None = _ts()
 
 
 class AppSession(SQLModel, table=True):
-    """A clinician's SMART session; the cookie holds a random id, the table its SHA-256."""
+    """A SMART session: a launch (the page holds a random id, the table its SHA-256) or an app's
+    bearer token (the table holds the token's SHA-256)."""
 
     __tablename__ = "app_session"
     id_hash: str = Field(sa_column=Column(Text, primary_key=True))
@@ -47,6 +49,11 @@ class AppSession(SQLModel, table=True):
     token_expires_at: datetime | None = _ts()
     need_patient_banner: bool = Field(default=True, sa_column=Column(Boolean, nullable=False))
     smart_style_url: str | None = Field(default=None, sa_column=Column(Text))
+    kind: str = Field(default="launch", sa_column=Column(Text, nullable=False))
+    launch_context: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONB, nullable=False)
+    )
+    checked_at: datetime | None = _ts()
     created_at: datetime | None = _ts(False)
     expires_at: datetime | None = _ts(False)
 

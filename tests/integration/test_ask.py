@@ -71,9 +71,9 @@ def test_hba1c_trend_and_medications_are_cited(demo: RunningDemo, patient_a: Syn
     for med in meds:
         ref = f"MedicationRequest/{med['id']}"
         assert ref in by_any, f"{ref} not cited"
-        assert by_any[ref]["text"].split(":")[0].split(" — ")[0] == answer["citations"][ref][
-            "display"
-        ], "an order is cited by another product's statement"
+        assert (
+            by_any[ref]["text"].split(":")[0].split(" — ")[0] == answer["citations"][ref]["display"]
+        ), "an order is cited by another product's statement"
     for ref in cited:
         assert owner_of(demo.store, ref) == pid, f"{ref} is not this patient's"
         assert ref in answer["citations"]

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 
-from launch.demo_client import launch_patient
+from launch.demo_client import launch_patient, session_of
 from tests.conftest import RunningDemo
 
 
@@ -36,8 +36,13 @@ def test_ehr_launch_uses_pkce_s256_and_ends_signed_in(demo: RunningDemo) -> None
         context = client.get("/api/context").json()
         assert context["patient"] == f"Patient/{pid}"
         assert context["fhirUser"].startswith("Practitioner/")
-        cookie = client.cookies.get("chartcite_session")
-        assert cookie and cookie not in final.text
+        # The session reaches the page in the fragment only: not a cookie, not in the page.
+        session = session_of(client)
+        assert session and len(session) >= 40 and session not in final.text
+        assert "chartcite_session" not in client.cookies
+        callback = next(r for r in final.history if urlsplit(str(r.url)).path == "/callback")
+        assert callback.headers["location"].startswith("/#session=")
+        assert "set-cookie" not in callback.headers
 
 
 def test_replayed_callback_is_refused(demo: RunningDemo) -> None:
@@ -108,7 +113,7 @@ def test_denied_launch_is_403_page(demo: RunningDemo) -> None:
     client, final = launch_patient(demo.base_url, _first_patient(demo), deny=True)
     with closing(client):
         assert final.status_code == 403
-        assert "launch_denied" in final.text
+        assert "ehr_access_denied" in final.text
         assert client.get("/api/context").status_code == 401
 
 
@@ -123,8 +128,9 @@ def test_api_without_session_is_401_json(demo: RunningDemo) -> None:
             assert r.status_code == 401, path
             assert r.json()["error"]["code"] == "no_session"
         assert c.get("/healthz").json() == {"status": "ok"}
+        assert r.headers["www-authenticate"].startswith("Bearer")
     with httpx2.Client(
-        base_url=demo.base_url, timeout=30, cookies={"chartcite_session": "forged"}
+        base_url=demo.base_url, timeout=30, headers={"X-Chartcite-Session": "forged"}
     ) as c:
         r = c.post("/api/ask", json={"question": "hi"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "session_expired"
@@ -153,6 +159,7 @@ def test_expired_state_is_refused(demo: RunningDemo) -> None:
                 code_verifier_enc=b"\x01" + b"0" * 40,
                 nonce="n",
                 requested_scope="openid",
+                browser_hash=sha256_hex("b"),
             )
         await engine.dispose()
 

@@ -1,0 +1,147 @@
+"""Two registered EHRs whose patient ids overlap: nothing crosses — rows, answers, audit, citations.
+
+EHR 1 (``/ehr``) and EHR 2 (``/ehr2``) are independent sandbox EHRs with different generated
+charts under the same ids (``pat-0001``…). chartcite is a public client at EHR 1 and a confidential
+one (``client_secret_basic``, a secret that needs RFC 6749 §2.3.1 form-encoding) at EHR 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+
+import httpx2
+import pytest
+from sqlalchemy import text
+
+from launch.db import Database, create_engine
+from launch.demo_client import ask, launch_patient, sync_patient
+from launch.sandbox import SandboxStore
+from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
+from launch.settings import Settings
+from smart_app.ehrs import source_key
+from tests.conftest import migrated_scratch_database
+from tests.integration.helpers import owned
+
+
+@dataclass
+class TwoEhrs:
+    base_url: str
+    store1: SandboxStore
+    store2: SandboxStore
+    database: Database
+
+
+@pytest.fixture(scope="module")
+def two_ehrs(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoEhrs]:
+    db = migrated_scratch_database(database, "two_ehrs")
+    port = free_port()
+    settings = Settings(env="dev", data_dir=tmp_path_factory.mktemp("two-ehrs"), port=port)
+    store1 = sandbox_store(patients=3, seed=7)
+    store2 = sandbox_store(patients=3, seed=99)
+    built = build_demo(settings, store1, database=db, second_store=store2)
+    server = BackgroundServer(built.app, "127.0.0.1", port)
+    server.start()
+    yield TwoEhrs(settings.base_url, store1, store2, db)
+    server.stop()
+
+
+def _rows(db: Database, sql: str, **params: object) -> list[tuple[object, ...]]:
+    async def run() -> list[tuple[object, ...]]:
+        engine = create_engine(db, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return [tuple(r) for r in (await conn.execute(text(sql), params)).all()]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def test_same_patient_id_two_ehrs_never_meet(two_ehrs: TwoEhrs) -> None:
+    pid = "pat-0001"
+    assert two_ehrs.store1.get("Patient", pid) and two_ehrs.store2.get("Patient", pid)
+    meds1 = {m["id"] for m in owned(two_ehrs.store1, pid, "MedicationRequest")}
+    meds2 = {m["id"] for m in owned(two_ehrs.store2, pid, "MedicationRequest")}
+    c1, r1 = launch_patient(two_ehrs.base_url, pid)
+    c2, r2 = launch_patient(two_ehrs.base_url, pid, ehr_path="/ehr2")
+    with closing(c1), closing(c2):
+        assert r1.status_code == 200 and r2.status_code == 200, r2.text[:300]
+        assert sync_patient(c1, full=True)["status"] == "done"
+        assert sync_patient(c2, full=True)["status"] == "done"
+        ctx1, ctx2 = c1.get("/api/context").json(), c2.get("/api/context").json()
+        name = two_ehrs.store2.get("Patient", pid)["name"][0]["family"]  # type: ignore[index]
+        assert name in (ctx2["banner"]["name"] or "")
+        assert ctx1["banner"] != ctx2["banner"]
+
+        # Rows: each EHR's chart under its own source key, exactly its own resources.
+        src1 = source_key(two_ehrs.base_url + "/ehr/fhir")
+        src2 = source_key(two_ehrs.base_url + "/ehr2/fhir")
+        stored = _rows(
+            two_ehrs.database,
+            "SELECT source, id FROM fhir_resource WHERE patient_id = :p AND resource_type = "
+            "'MedicationRequest'",
+            p=pid,
+        )
+        assert {i for s, i in stored if s == src1} == meds1
+        assert {i for s, i in stored if s == src2} == meds2
+
+        # Answers cite only the session's own EHR's resources.
+        a2 = ask(c2, "which medications were prescribed?").json()
+        cited2 = {c.split("/", 1)[1] for c in a2["citations"] if c.startswith("MedicationRequest/")}
+        assert cited2 and cited2 <= meds2
+        assert not cited2 & (meds1 - meds2)
+        for ref in a2["citations"]:
+            rtype, rid = ref.split("/", 1)
+            assert c2.get(f"/api/resources/{rtype}/{rid}").status_code == 200, ref
+            assert two_ehrs.store2.get(rtype, rid) is not None, ref
+
+        # A resource only EHR 1 has is not readable through EHR 2's session (same patient id).
+        only1 = sorted(meds1 - meds2)
+        if only1:
+            assert c2.get(f"/api/resources/MedicationRequest/{only1[0]}").status_code == 404
+        # Stored answers: EHR 2's answer is not readable by EHR 1's session.
+        assert c1.get(f"/api/answers/{a2['answer_id']}").status_code == 404
+        # Audit: each session sees only its EHR's records.
+        audit1 = json.dumps(c1.get("/api/audit").json())
+        assert a2["answer_id"] not in audit1
+        assert "ehr2" not in audit1
+
+
+def test_confidential_client_with_form_encoded_secret(two_ehrs: TwoEhrs) -> None:
+    """EHR 2 only knows chartcite with a secret: the launch succeeding is the proof that the
+    secret went over Basic auth form-encoded (the sandbox decodes it, per RFC 6749 §2.3.1)."""
+    client, final = launch_patient(two_ehrs.base_url, "pat-0002", ehr_path="/ehr2")
+    with closing(client):
+        assert final.status_code == 200, final.text[:300]
+        assert client.get("/api/context").json()["patient"] == "Patient/pat-0002"
+    rows = _rows(
+        two_ehrs.database,
+        "SELECT detail->>'client_type' FROM audit_event WHERE action = 'launch' "
+        "AND outcome = 'ok' AND detail->>'iss' LIKE '%/ehr2/fhir'",
+    )
+    assert rows and all(r[0] == "confidential-symmetric" for r in rows)
+
+
+def test_a_token_of_one_ehr_is_refused_as_the_others(two_ehrs: TwoEhrs) -> None:
+    """Bearer: a JWT of EHR 1 presented while naming EHR 2 is judged by its own iss (EHR 1);
+    a garbage token naming EHR 2 is inactive there."""
+    with httpx2.Client(
+        base_url=two_ehrs.base_url,
+        timeout=30,
+        headers={
+            "Authorization": "Bearer opaque-garbage",
+            "X-Chartcite-Iss": two_ehrs.base_url + "/ehr2/fhir",
+        },
+    ) as app:
+        r = app.get("/api/context")
+        assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    with httpx2.Client(
+        base_url=two_ehrs.base_url, timeout=30, headers={"Authorization": "Bearer opaque-garbage"}
+    ) as app:
+        # Two EHRs registered and nothing names one: refused, not guessed.
+        r = app.get("/api/context")
+        assert r.status_code == 401 and "X-Chartcite-Iss" in r.json()["error"]["message"]
