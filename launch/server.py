@@ -75,12 +75,15 @@ def build_demo(
     on_ready: object = None,
     token_ttl: int = 3600,
     second_store: SandboxStore | None = None,
+    third_store: SandboxStore | None = None,
 ) -> Demo:
     """The app with the sandbox EHR at ``/ehr``; the sandbox's FHIR base is registered.
 
     ``second_store``: a second, independent EHR at ``/ehr2`` (its own keys, tokens and patients —
     ids may overlap the first's), where chartcite is a confidential client (``client_secret_basic``
-    with a secret that needs form-encoding)."""
+    with a secret that needs form-encoding). ``third_store``: a third at ``/ehr3`` where chartcite is
+    confidential-asymmetric (``private_key_jwt``; the EHR reads its keys from
+    ``/.well-known/jwks.json``)."""
     base = settings.base_url
     iss = f"{base}/ehr/fhir"
     if iss not in settings.iss_allowlist:
@@ -132,6 +135,33 @@ def build_demo(
                 access_token_ttl=token_ttl,
             ),
             second_store,
+        )
+    if third_store is not None:
+        iss3 = f"{base}/ehr3/fhir"
+        if not any(e.iss.rstrip("/") == iss3 for e in settings.ehrs):
+            third = EhrSettings(
+                iss=iss3,
+                client_id="chartcite-c",
+                auth_method="private_key_jwt",
+                scope=settings.scopes,
+                name="third sandbox EHR",
+            )
+            settings = settings.model_copy(update={"ehrs": [*settings.ehrs, third]})
+        mounts["/ehr3"] = create_sandbox_app(
+            SandboxConfig(
+                base_url=f"{base}/ehr3",
+                app_launch_url=f"{base}/launch",
+                clients=(
+                    SandboxClient(
+                        client_id="chartcite-c",
+                        redirect_uris=(settings.redirect_uri,),
+                        jwks_uri=f"{base}/.well-known/jwks.json",
+                    ),
+                ),
+                signing_key_path=settings.data_dir / "sandbox3-signing-key.json",
+                access_token_ttl=token_ttl,
+            ),
+            third_store,
         )
     app = create_app(
         settings,

@@ -52,6 +52,20 @@ class AppKeys:
     def __init__(self, keys: list[_Key], path: Path | None = None) -> None:
         self._keys = keys
         self._path = path
+        self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        try:
+            return self._path.stat().st_mtime_ns if self._path else None
+        except FileNotFoundError:
+            return None
+
+    def _fresh(self) -> None:
+        """Pick up a rotation made by another process (``chartcite keys rotate``)."""
+        if self._path is None or self._stat() == self._mtime:
+            return
+        self._keys = AppKeys.load_or_create(self._path)._keys
+        self._mtime = self._stat()
 
     def __repr__(self) -> str:
         return f"AppKeys(kids={[k.kid for k in self._keys]})"
@@ -87,8 +101,10 @@ class AppKeys:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(rows, handle)
         os.replace(tmp, self._path)
+        self._mtime = self._stat()
 
     def current(self, alg: str) -> _Key:
+        self._fresh()
         for key in reversed(self._keys):
             if key.alg == alg:
                 return key
@@ -96,6 +112,7 @@ class AppKeys:
 
     def rotate(self) -> list[str]:
         """A new key pair per algorithm signs from now on; returns the new kids."""
+        self._fresh()
         new = [_generate(alg) for alg in ALGORITHMS]
         self._keys.extend(new)
         self._save()
@@ -103,6 +120,7 @@ class AppKeys:
 
     def retire(self, keep: int = 1) -> list[str]:
         """Stop publishing all but the newest ``keep`` keys per algorithm; returns dropped kids."""
+        self._fresh()
         kept: list[_Key] = []
         for alg in ALGORITHMS:
             kept += [k for k in self._keys if k.alg == alg][-keep:]
@@ -113,6 +131,7 @@ class AppKeys:
 
     def jwks(self) -> dict[str, Any]:
         """The public JWKS (every published key, with ``alg`` and ``use``)."""
+        self._fresh()
         keys = []
         for k in self._keys:
             public = k.key.as_dict(private=False)

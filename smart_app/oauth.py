@@ -207,7 +207,10 @@ class SmartClient:
         except AuthlibBaseError as exc:
             raise EhrRefused(stage, str(exc.error or "oauth_error"), exc.description) from None
         except httpx2.HTTPStatusError as exc:
-            raise EhrRefused(stage, f"http_{exc.response.status_code}", None) from None
+            error, description = _error_body(exc.response)
+            if error is None:
+                error = "server_error" if exc.response.status_code >= 500 else "invalid_request"
+            raise EhrRefused(stage, error, description) from None
         except httpx2.HTTPError:
             raise UpstreamError(
                 "the EHR's token endpoint is unreachable", code="ehr_unreachable"
@@ -257,9 +260,9 @@ class SmartClient:
     ) -> dict[str, Any]:
         """RFC 7662 / SMART token introspection of a bearer token an app presented.
 
-        A confidential registration authenticates as itself; a public one has no credentials of
-        its own and presents the token being checked as its bearer authorization (RFC 7662 §2.1
-        allows either; real EHRs generally require a confidential client)."""
+        A confidential registration authenticates as itself; a public one can only name itself
+        (``client_id``), which some EHRs accept and most do not — register chartcite as a
+        confidential client where bearer access or revocation checks matter."""
         if not conf.introspection_endpoint:
             raise UpstreamError(
                 "the EHR offers no token introspection", code="ehr_no_introspection"
@@ -279,7 +282,7 @@ class SmartClient:
                 ),
             }
         else:
-            headers["Authorization"] = f"Bearer {token}"
+            form["client_id"] = client.client_id
         try:
             resp = await self._http.post(conf.introspection_endpoint, data=form, headers=headers)
         except httpx2.HTTPError:
@@ -414,6 +417,18 @@ def _basic(client_id: str, secret: str) -> str:
 def _secret_basic(auth: Any, method: str, uri: str, headers: Any, body: str) -> Any:
     headers["Authorization"] = _basic(auth.client_id, auth.client_secret or "")
     return uri, headers, body
+
+
+def _error_body(resp: httpx2.Response) -> tuple[str | None, str | None]:
+    """RFC 6749 §5.2 ``error``/``error_description`` from a refusal, when the body has them."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+        return None, None
+    desc = body.get("error_description")
+    return body["error"], desc if isinstance(desc, str) else None
 
 
 def _kid(token: str) -> str | None:

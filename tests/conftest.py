@@ -94,7 +94,8 @@ def migrated_scratch_database(database: Database, prefix: str) -> Database:
 @pytest.fixture(scope="session")
 def demo(data_dir: Path, database: Database) -> Iterator[RunningDemo]:
     port = free_port()
-    settings = Settings(env="dev", data_dir=data_dir, port=port)
+    # Tokens re-checked (introspected) after a second, so that revocation tests need not wait.
+    settings = Settings(env="dev", data_dir=data_dir, port=port, token_check_seconds=1)
     store = sandbox_store(patients=8)
     built = build_demo(settings, store, database=database)
     server = BackgroundServer(built.app, "127.0.0.1", port)

@@ -325,3 +325,146 @@ def test_bearer_token_is_bound_to_its_patient_and_scopes(
         narrow = app.get(f"/api/resources/MedicationRequest/{med['id']}")
         assert narrow.status_code == 403 and 'error="insufficient_scope"' in _challenge(narrow)
         assert app.get("/api/context").json()["readable_types"] == ["Observation"]
+
+
+# -- the EHR's errors, in its own words, never a 500 -----------------------------------------------
+
+
+def _spare_patient(demo: RunningDemo) -> str:
+    """A patient no shared session fixture uses (revoking its grants harms nobody)."""
+    return _patients(demo)[-1]
+
+
+@pytest.mark.parametrize(
+    ("knob", "code", "status"),
+    [
+        ({"error": "access_denied"}, "ehr_access_denied", 403),
+        ({"error": "invalid_scope"}, "ehr_invalid_scope", 400),
+        ({"error": "invalid_request"}, "ehr_invalid_request", 400),
+        ({"error": "unauthorized_client"}, "ehr_unauthorized_client", 400),
+        ({"error": "server_error"}, "ehr_server_error", 502),
+        ({"error": "temporarily_unavailable"}, "ehr_temporarily_unavailable", 502),
+        ({"token_error": "invalid_client"}, "ehr_invalid_client", 400),
+        ({"token_error": "invalid_grant"}, "ehr_invalid_grant", 400),
+        ({"token_error": "invalid_scope"}, "ehr_invalid_scope", 400),
+        ({"token_error": "server_error"}, "ehr_server_error", 502),
+    ],
+    ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else str(v),
+)
+def test_every_ehr_error_is_a_clear_page(
+    demo: RunningDemo, knob: dict[str, str], code: str, status: int
+) -> None:
+    before = _audited(demo, "launch", code)
+    client, final = launch_patient(demo.base_url, _spare_patient(demo), extra=knob)
+    with closing(client):
+        assert final.status_code == status, final.text[:300]
+        assert "text/html" in final.headers["content-type"]
+        assert code in final.text and "Traceback" not in final.text
+        assert session_of(client) is None
+        if "error" in knob:  # the EHR's description, escaped (it carries '<' and '&')
+            assert "&lt;" in final.text and "&amp;" in final.text
+            assert "<patient/" not in final.text
+    assert _audited(demo, "launch", code) == before + 1
+
+
+def test_launch_context_reaches_the_api(demo: RunningDemo) -> None:
+    patient = _spare_patient(demo)
+    encounter = owned(demo.store, patient, "Encounter")[0]["id"]
+    client, final = launch_patient(
+        demo.base_url,
+        patient,
+        extra={
+            "encounter": encounter,
+            "intent": "reconcile-medications",
+            "tenant": "clinic-7",
+            "need_patient_banner": "0",
+        },
+    )
+    with closing(client):
+        assert final.status_code == 200, final.text[:300]
+        ctx = client.get("/api/context").json()
+        assert ctx["intent"] == "reconcile-medications" and ctx["tenant"] == "clinic-7"
+        assert ctx["need_patient_banner"] is False
+        assert ctx["encounter"] == f"Encounter/{encounter}"
+        assert ctx["fhirContext"] == [{"reference": f"Encounter/{encounter}"}]
+        assert ctx["smart_style_url"].startswith("http")
+
+
+def test_standalone_launch_gets_the_patient_the_ehr_picks(demo: RunningDemo) -> None:
+    with httpx2.Client(base_url=demo.base_url, follow_redirects=False, timeout=30) as c:
+        final = follow_launch(c, f"/launch?iss={demo.settings.base_url}/ehr/fhir")
+        assert final.status_code == 200
+        hops = [urlsplit(str(r.url)) for r in final.history]
+        authorize = next(h for h in hops if h.path.endswith("/auth/authorize"))
+        scope = parse_qs(authorize.query)["scope"][0].split()
+        assert "launch/patient" in scope and "launch" not in scope
+        ctx = c.get("/api/context").json()
+        assert ctx["patient"] == f"Patient/{demo.store.patients()[0]['id']}"
+
+
+# -- the session ends with the EHR's grant ---------------------------------------------------------
+
+
+def test_revoked_grant_ends_the_session(demo: RunningDemo) -> None:
+    patient = _spare_patient(demo)
+    client, _ = launch_patient(demo.base_url, patient)
+    with closing(client):
+        assert client.get("/api/context").status_code == 200
+        before = _audited(demo, "session_end", "refresh_failed")
+        revoked = client.post("/ehr/_control/revoke", data={"patient": patient})
+        assert revoked.status_code == 200 and revoked.json()["revoked"] >= 1
+        time.sleep(1.2)  # the demo re-checks tokens after a second
+        gone = client.get("/api/context")
+        assert gone.status_code == 401 and gone.json()["error"]["code"] == "reauth_required"
+        assert client.get("/api/context").json()["error"]["code"] == "session_expired"
+        assert _audited(demo, "session_end", "refresh_failed") == before + 1
+
+
+def test_expired_refresh_token_ends_the_session(demo: RunningDemo) -> None:
+    client, final = launch_patient(
+        demo.base_url,
+        _spare_patient(demo),
+        extra={"token_ttl": "40", "refresh_ttl": "1"},  # refresh tokens die after a second
+    )
+    with closing(client):
+        assert final.status_code == 200
+        assert client.get("/api/context").status_code == 200
+        time.sleep(10.5)  # the access token (40 s) is now inside the 30 s refresh margin
+        r = client.get("/api/context")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "reauth_required"
+
+
+def test_concurrent_requests_share_one_refresh_at_a_time(demo: RunningDemo) -> None:
+    """Tokens of 10 s (always inside the refresh margin): eight parallel calls each refresh, one
+    at a time under the session's row lock, each with the newest (rotated) refresh token."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, final = launch_patient(demo.base_url, _spare_patient(demo), extra={"token_ttl": "10"})
+    with closing(client):
+        assert final.status_code == 200
+        session = str(session_of(client))
+
+        def call(_: int) -> int:
+            with httpx2.Client(
+                base_url=demo.base_url, timeout=60, headers={"X-Chartcite-Session": session}
+            ) as c:
+                return c.get("/api/context").status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(call, range(8)))
+        assert codes == [200] * 8
+        assert client.get("/api/context").status_code == 200
+
+
+def test_ehr_signing_key_rotation_is_followed(demo: RunningDemo) -> None:
+    """The EHR rotates its key (keeping the old one published): the next id_token names a kid
+    chartcite's cached JWKS lacks, so it reads the JWKS again instead of refusing the launch."""
+    with httpx2.Client(base_url=demo.base_url, timeout=30) as c:
+        rotated = c.post("/ehr/_control/rotate-key", data={"keep_old": "1"})
+        assert rotated.status_code == 200
+        new_kid = rotated.json()["kid"]
+    client, final = launch_patient(demo.base_url, _spare_patient(demo))
+    with closing(client):
+        assert final.status_code == 200, final.text[:300]
+        jwks = client.get("/ehr/auth/jwks").json()
+        assert jwks["keys"][0]["kid"] == new_kid

@@ -278,6 +278,22 @@ def test_expired_token_is_refreshed_once_and_the_sync_goes_on(fresh: Faulty) -> 
     assert_same_as_reference(fresh)
 
 
+def test_short_lived_tokens_are_refreshed_during_a_long_sync(fresh: Faulty) -> None:
+    """Access tokens of 3 s (the EHR's choice for this launch) and a page that times out twice: the
+    sync and the page's polling both refresh (one at a time: refresh tokens rotate) and the copy
+    is whole."""
+    fresh.faults.set(Fault("stall", path=PAGE_2, seconds=4.0, times=2))  # two timeouts: > 3 s
+    client, resp = launch_patient(fresh.base_url, fresh.patient_id, extra={"token_ttl": "3"})
+    assert resp.status_code == 200, resp.text[:200]
+    with closing(client):
+        status = sync_patient(client, timeout=120, full=True)
+        assert status["status"] == "done", status
+        assert status["counts"]["http_refreshes"] >= 1  # a 401 mid-sync, refreshed, repeated
+        assert client.get("/api/context").status_code == 200  # the session outlived many tokens
+    assert fresh.faults.fired
+    assert_same_as_reference(fresh)
+
+
 def test_unreadable_note_binaries_make_the_run_partial_until_they_are_read(fresh: Faulty) -> None:
     fresh.faults.set(Fault("status", path=r"/fhir/Binary/", status=503, times=0))
     status = sync(fresh)

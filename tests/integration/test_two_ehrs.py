@@ -1,8 +1,9 @@
-"""Two registered EHRs whose patient ids overlap: nothing crosses — rows, answers, audit, citations.
+"""Registered EHRs whose patient ids overlap: nothing crosses — rows, answers, audit, citations.
 
 EHR 1 (``/ehr``) and EHR 2 (``/ehr2``) are independent sandbox EHRs with different generated
 charts under the same ids (``pat-0001``…). chartcite is a public client at EHR 1 and a confidential
-one (``client_secret_basic``, a secret that needs RFC 6749 §2.3.1 form-encoding) at EHR 2.
+one (``client_secret_basic``, a secret that needs RFC 6749 §2.3.1 form-encoding) at EHR 2, and
+confidential-asymmetric (``private_key_jwt``) at EHR 3, which reads chartcite's JWKS over HTTP.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -23,6 +25,7 @@ from launch.sandbox import SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
 from launch.settings import Settings
 from smart_app.ehrs import source_key
+from smart_app.keys import AppKeys
 from tests.conftest import migrated_scratch_database
 from tests.integration.helpers import owned
 
@@ -33,6 +36,7 @@ class TwoEhrs:
     store1: SandboxStore
     store2: SandboxStore
     database: Database
+    data_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +46,11 @@ def two_ehrs(database: Database, tmp_path_factory: pytest.TempPathFactory) -> It
     settings = Settings(env="dev", data_dir=tmp_path_factory.mktemp("two-ehrs"), port=port)
     store1 = sandbox_store(patients=3, seed=7)
     store2 = sandbox_store(patients=3, seed=99)
-    built = build_demo(settings, store1, database=db, second_store=store2)
+    store3 = sandbox_store(patients=2, seed=5)
+    built = build_demo(settings, store1, database=db, second_store=store2, third_store=store3)
     server = BackgroundServer(built.app, "127.0.0.1", port)
     server.start()
-    yield TwoEhrs(settings.base_url, store1, store2, db)
+    yield TwoEhrs(settings.base_url, store1, store2, db, settings.data_dir)
     server.stop()
 
 
@@ -145,3 +150,31 @@ def test_a_token_of_one_ehr_is_refused_as_the_others(two_ehrs: TwoEhrs) -> None:
         # Two EHRs registered and nothing names one: refused, not guessed.
         r = app.get("/api/context")
         assert r.status_code == 401 and "X-Chartcite-Iss" in r.json()["error"]["message"]
+
+
+def test_private_key_jwt_launch_and_app_key_rotation(two_ehrs: TwoEhrs) -> None:
+    """EHR 3 knows chartcite only by its JWKS URL: a launch that signs in proves the assertion
+    verified. After `keys rotate` the new key signs and EHR 3 re-reads the JWKS for its kid."""
+    client, final = launch_patient(two_ehrs.base_url, "pat-0001", ehr_path="/ehr3")
+    with closing(client):
+        assert final.status_code == 200, final.text[:300]
+        assert client.get("/api/context").json()["patient"] == "Patient/pat-0001"
+        jwks = client.get("/.well-known/jwks.json").json()
+        assert {k["alg"] for k in jwks["keys"]} == {"RS384", "ES384"}
+        assert not any("d" in k for k in jwks["keys"])  # public halves only
+    rows = _rows(
+        two_ehrs.database,
+        "SELECT detail->>'client_type' FROM audit_event WHERE action = 'launch' "
+        "AND outcome = 'ok' AND detail->>'iss' LIKE '%/ehr3/fhir'",
+    )
+    assert rows and all(r[0] == "confidential-asymmetric" for r in rows)
+
+    # Rotate from another process (as `chartcite keys rotate` does): the running app signs with
+    # the new key at once, and EHR 3, whose cached JWKS lacks that kid, fetches it again.
+    keys = AppKeys.load_or_create(two_ehrs.data_dir / "app-keys.json")
+    new_kids = set(keys.rotate())
+    again, final2 = launch_patient(two_ehrs.base_url, "pat-0002", ehr_path="/ehr3")
+    with closing(again):
+        assert final2.status_code == 200, final2.text[:300]
+        published = {k["kid"] for k in again.get("/.well-known/jwks.json").json()["keys"]}
+        assert new_kids <= published and len(published) == 4  # old ones kept until retired
