@@ -212,7 +212,7 @@ def _ensure_model(settings: Settings) -> None:
     except ModelNotBuiltError:
         from rag.model_build import ModelBuildError, build_onnx_model
 
-        print("building the embedding model once (ONNX export)…")
+        print("building the embedding model once (a few seconds)…")
         try:
             build_onnx_model(settings.resolved_model_dir, progress=print)
         except ModelBuildError as exc:
@@ -385,7 +385,9 @@ def parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="embedding model").add_subparsers(
         dest="model_command", required=True
     )
-    build = model.add_parser("build", help="convert the packaged MiniLM to ONNX once (needs torch)")
+    build = model.add_parser(
+        "build", help="build the ONNX model from the packaged MiniLM weights (no torch)"
+    )
     common(build)
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=cmd_model_build)

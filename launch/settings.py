@@ -139,8 +139,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_model_dir(self) -> Path:
-        """The model is a per-user cache, shared by every data dir (built once by setup)."""
-        return self.model_dir or (default_data_dir() / "models" / "all-MiniLM-L6-v2")
+        """The embedding model: ``CHARTCITE_MODEL_DIR``, else under the data dir (built by setup)."""
+        return self.model_dir or (self.data_dir / "models" / "all-MiniLM-L6-v2")
 
     @property
     def app_keys_path(self) -> Path:

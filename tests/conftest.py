@@ -19,12 +19,16 @@ from sqlalchemy.engine import make_url
 from launch.db import Database, create_engine, open_database, upgrade, upgrade_database
 from launch.sandbox import SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
-from launch.settings import Settings
+from launch.settings import Settings, default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared next to the clone (CI has it; a user's clone may not). CHARTCITE_SHARED_DIR overrides.
 SHARED_DIR = Path(os.environ.get("CHARTCITE_SHARED_DIR") or ROOT.parent / "shared")
 SYNTHEA_DIR = SHARED_DIR / "data" / "synthea"
+# Every test data dir shares the one model setup built (the model dir follows the data dir otherwise).
+os.environ.setdefault(
+    "CHARTCITE_MODEL_DIR", str(default_data_dir() / "models" / "all-MiniLM-L6-v2")
+)
 
 
 @pytest.fixture(scope="session")
