@@ -3,7 +3,14 @@
 from fhir_adapters.access import AccessFilter
 from fhir_adapters.client import FhirClient
 from fhir_adapters.errors import FhirAdapterError, FhirAuthError, FhirServerError
-from fhir_adapters.normalize import CLINICAL_TYPES, Fact, InvalidResource, project, validate
+from fhir_adapters.normalize import (
+    CLINICAL_TYPES,
+    Fact,
+    InvalidResource,
+    has_category,
+    project,
+    validate,
+)
 from fhir_adapters.repository import (
     close_dead_runs,
     create_sync_run,
@@ -15,6 +22,7 @@ from fhir_adapters.repository import (
     latest_sync_run,
     list_facts,
     update_sync_run,
+    visible_sql,
 )
 from fhir_adapters.sync import Puller, PullResult
 
@@ -36,9 +44,11 @@ __all__ = [
     "get_resource",
     "get_resources",
     "get_sync_run",
+    "has_category",
     "latest_sync_run",
     "list_facts",
     "project",
     "update_sync_run",
     "validate",
+    "visible_sql",
 ]

@@ -8,6 +8,7 @@ value[x], component), MedicationRequest (medication[x], authoredOn, dosageInstru
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -119,6 +120,16 @@ def validate_json(rtype: str, text: str) -> None:
             {f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['type']}" for e in exc.errors()}
         )
         raise InvalidResource("; ".join(parts[:10])) from None
+
+
+@functools.cache
+def has_category(resource_type: str) -> bool:
+    """Does the FHIR R4B resource definition of this type have a ``category`` element?"""
+    try:
+        model = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return False
+    return "category" in model.model_fields
 
 
 def parse_date(value: Any) -> datetime | None:

@@ -33,6 +33,74 @@ def _patient(table: Any, access: AccessFilter) -> Any:
     return and_(table.c.source == access.source, table.c.patient_id == access.patient_id)
 
 
+# -- what an access filter shows: the one predicate every read of patient data uses ------------
+
+
+def _category_path(codings: Iterable[tuple[str | None, str]]) -> tuple[str, dict[str, str]]:
+    """A jsonpath (and its variables) true when a resource's ``category`` has one of ``codings``.
+
+    ``$.category[*]`` also walks a single CodeableConcept (Procedure: lax mode wraps it), and a
+    code-only coding also matches a bare-code category (AllergyIntolerance). The codes and systems
+    travel as jsonpath variables, never in the path text."""
+    conds: list[str] = []
+    variables: dict[str, str] = {}
+    for i, (system, code) in enumerate(sorted(codings, key=lambda c: (c[0] or "", c[1]))):
+        variables[f"c{i}"] = code
+        if system is None:
+            conds.append(f"@ == $c{i} || exists(@.coding[*] ? (@.code == $c{i}))")
+        else:
+            variables[f"s{i}"] = system
+            conds.append(f"exists(@.coding[*] ? (@.code == $c{i} && @.system == $s{i}))")
+    return "$.category[*] ? (" + " || ".join(f"({c})" for c in conds) + ")", variables
+
+
+def visible_sql(
+    access: AccessFilter,
+    alias: str,
+    *,
+    types: Iterable[str] | None = None,
+    id_column: str = "id",
+    raw: bool = False,
+    key: str = "vis",
+) -> tuple[str, dict[str, Any]]:
+    """The SQL condition (and its bind parameters) for the rows of ``alias`` that ``access`` shows.
+
+    ``alias`` names a row with ``source, patient_id, resource_type`` and the resource id in
+    ``id_column`` (``clinical_fact``: ``id``; ``chunk``: ``resource_id``); ``raw``: it is the
+    ``fhir_resource`` row itself. A row is shown when its type is allowed (and among ``types``)
+    and, for a type the filter restricts by category, its raw resource (the stored FHIR JSON, read
+    through the primary key) has a matching ``category`` coding. Rows stored by a broader session
+    of the same patient are hidden by this, whatever the sync stored. ``key`` prefixes the
+    parameter names (two uses in one statement need two keys). The (source, patient) condition is
+    the caller's, as everywhere."""
+    allowed = access.resource_types if types is None else access.resource_types & set(types)
+    restricted = sorted(t for t in allowed if access.restricted(t) is not None)
+    params: dict[str, Any] = {f"{key}_open": sorted(allowed - set(restricted))}
+    parts = [f"{alias}.resource_type = ANY(CAST(:{key}_open AS text[]))"]
+    for i, rtype in enumerate(restricted):
+        path, variables = _category_path(access.restricted(rtype) or ())
+        params |= {f"{key}_t{i}": rtype, f"{key}_p{i}": path, f"{key}_j{i}": json.dumps(variables)}
+        match = f"jsonb_path_exists({{}}.content, CAST(:{key}_p{i} AS jsonpath), CAST(:{key}_j{i} AS jsonb), true)"
+        if raw:
+            cond = match.format(alias)
+        else:
+            cond = (
+                f"EXISTS (SELECT 1 FROM fhir_resource {key}_r WHERE {key}_r.source = {alias}.source"
+                f" AND {key}_r.patient_id = {alias}.patient_id"
+                f" AND {key}_r.resource_type = {alias}.resource_type"
+                f" AND {key}_r.id = {alias}.{id_column} AND {match.format(f'{key}_r')})"
+            )
+        parts.append(f"({alias}.resource_type = :{key}_t{i} AND {cond})")
+    return "(" + " OR ".join(parts) + ")", params
+
+
+def _visible(table: Any, access: AccessFilter, **kw: Any) -> Any:
+    """``visible_sql`` as a SQLAlchemy condition on a table of this module."""
+    name = table.name
+    sql, params = visible_sql(access, name, raw=name == "fhir_resource", **kw)
+    return text(sql).bindparams(**params)
+
+
 async def stored_hashes(
     conn: AsyncConnection, access: AccessFilter, keys: Sequence[tuple[str, str]] | None = None
 ) -> dict[tuple[str, str], str]:
@@ -187,7 +255,11 @@ async def get_resources(
     if not access.allows(resource_type):
         return []
     rows = await conn.execute(
-        select(_res.c.content).where(_patient(_res, access), _res.c.resource_type == resource_type)
+        select(_res.c.content).where(
+            _patient(_res, access),
+            _res.c.resource_type == resource_type,
+            _visible(_res, access, types=[resource_type]),
+        )
     )
     return [r.content for r in rows]
 
@@ -201,7 +273,10 @@ async def get_resources_by_id(
         return {}
     rows = await conn.execute(
         select(_res.c.id, _res.c.content).where(
-            _patient(_res, access), _res.c.resource_type == resource_type, _res.c.id.in_(wanted)
+            _patient(_res, access),
+            _res.c.resource_type == resource_type,
+            _res.c.id.in_(wanted),
+            _visible(_res, access, types=[resource_type]),
         )
     )
     return {r.id: r.content for r in rows}
@@ -217,6 +292,7 @@ async def get_resource(
             _patient(_res, access),
             _res.c.resource_type == resource_type,
             _res.c.id == resource_id,
+            _visible(_res, access, types=[resource_type]),
         )
     )
 
@@ -232,6 +308,7 @@ async def existing_refs(
         select(_res.c.resource_type, _res.c.id).where(
             _patient(_res, access),
             tuple_(_res.c.resource_type, _res.c.id).in_(wanted),
+            _visible(_res, access),
         )
     )
     return {(r.resource_type, r.id) for r in rows}
@@ -250,7 +327,11 @@ async def list_facts(
     """Facts of one type for the patient, oldest first, optionally by code and time window."""
     if not access.allows(resource_type):
         return []
-    conds = [_patient(_fact, access), _fact.c.resource_type == resource_type]
+    conds = [
+        _patient(_fact, access),
+        _fact.c.resource_type == resource_type,
+        _visible(_fact, access, types=[resource_type]),
+    ]
     if codes is not None:
         conds.append(_fact.c.code.in_(list(codes)))
     if since is not None:
@@ -289,10 +370,44 @@ async def fact_codes(
             func.min(_fact.c.display).label("display"),
             func.count().label("n"),
         )
-        .where(_patient(_fact, access), _fact.c.resource_type.in_(allowed))
+        .where(
+            _patient(_fact, access),
+            _fact.c.resource_type.in_(allowed),
+            _visible(_fact, access, types=allowed),
+        )
         .group_by(_fact.c.resource_type, _fact.c.code_system, _fact.c.code)
     )
     return [dict(r) for r in rows.mappings()]
+
+
+def run_types(access: AccessFilter) -> list[str]:
+    """What a run reads, as recorded on it: a type, or ``Type?category=…`` for a restricted one
+    (so a later run of a broader session never takes a narrow run as having covered the type)."""
+    out = []
+    for rtype in sorted(access.resource_types):
+        codings = access.restricted(rtype)
+        if codings is None:
+            out.append(rtype)
+        else:
+            values = sorted(f"{sys}|{code}" if sys else code for sys, code in codings)
+            out.append(f"{rtype}?category={','.join(values)}")
+    return out
+
+
+def _run_view(run: dict[str, Any], access: AccessFilter) -> dict[str, Any]:
+    """A run as this filter may see it: per-type counts and errors of a type the filter restricts
+    are shown only for runs made with the same restriction (a broader session's run counted
+    resources this filter hides)."""
+    recorded = set(run.get("types") or ())
+    own = dict(zip(sorted(access.resource_types), run_types(access), strict=True))
+    hidden = {t for t in access.categories if own[t] not in recorded}
+    if not hidden:
+        return run
+    view = dict(run)
+    for key in ("counts", "errors"):
+        if isinstance(view.get(key), dict):
+            view[key] = {k: v for k, v in view[key].items() if k not in hidden}
+    return view
 
 
 async def create_sync_run(
@@ -314,7 +429,7 @@ async def create_sync_run(
             status="running",
             phase="queued",
             mode=mode,
-            types=sorted(access.resource_types),
+            types=run_types(access),
             counts={},
             errors={},
             quarantined=0,
@@ -341,7 +456,7 @@ async def get_sync_run(
         .mappings()
         .one_or_none()
     )
-    return dict(row) if row else None
+    return _run_view(dict(row), access) if row else None
 
 
 async def latest_sync_run(
@@ -369,7 +484,7 @@ async def latest_sync_run(
         .mappings()
         .one_or_none()
     )
-    return dict(row) if row else None
+    return _run_view(dict(row), access) if row else None
 
 
 def run_lock_key(sync_id: Any) -> Any:
@@ -431,18 +546,16 @@ async def close_dead_runs(
 
 # -- reconciling derived rows with the raw store ---------------------------------------------------
 
-_STALE = text(
-    """
+_STALE = """
 SELECT r.resource_type, r.id
 FROM fhir_resource r
 LEFT JOIN clinical_fact f
   ON f.source = r.source AND f.patient_id = r.patient_id
  AND f.resource_type = r.resource_type AND f.id = r.id
-WHERE r.source = :src AND r.patient_id = :pid AND r.resource_type = ANY(:types)
+WHERE r.source = :src AND r.patient_id = :pid AND {visible}
   AND (f.id IS NULL OR f.source_hash IS DISTINCT FROM r.content_hash OR f.incomplete IS NOT NULL)
 ORDER BY r.resource_type, r.id
 """
-)
 
 
 async def stale_resources(
@@ -452,8 +565,10 @@ async def stale_resources(
     allowed = sorted(t for t in set(types) if access.allows(t))
     if not allowed:
         return []
+    visible, params = visible_sql(access, "r", types=allowed, raw=True)
     rows = await conn.execute(
-        _STALE, {"src": access.source, "pid": access.patient_id, "types": allowed}
+        text(_STALE.format(visible=visible)),
+        {"src": access.source, "pid": access.patient_id, **params},
     )
     return [(r.resource_type, r.id) for r in rows]
 
@@ -467,7 +582,9 @@ async def get_resources_by_key(
         return []
     rows = await conn.execute(
         select(_res.c.content, _res.c.content_hash).where(
-            _patient(_res, access), tuple_(_res.c.resource_type, _res.c.id).in_(wanted)
+            _patient(_res, access),
+            tuple_(_res.c.resource_type, _res.c.id).in_(wanted),
+            _visible(_res, access),
         )
     )
     return [(r.content, r.content_hash) for r in rows]
@@ -500,16 +617,20 @@ async def tombstone(
     types: Iterable[str],
     seen: Iterable[tuple[str, str]],
 ) -> list[tuple[str, str]]:
-    """Delete stored resources of ``types`` that a complete pull did not return; returns them."""
+    """Delete stored resources of ``types`` that a complete pull did not return; returns them.
+
+    Only what the pull could have returned: of a type the filter restricts by category, the
+    resources of other categories (stored by a broader session) are not this pull's to remove."""
     kinds = sorted(set(types))
     if not kinds:
         return []
     keep = sorted(set(seen))
+    visible, params = visible_sql(access, "r", types=kinds, raw=True)
     rows = await conn.execute(
         text(
-            """
+            f"""
 DELETE FROM fhir_resource r
-WHERE r.source = :src AND r.patient_id = :pid AND r.resource_type = ANY(:types)
+WHERE r.source = :src AND r.patient_id = :pid AND {visible}
   AND NOT EXISTS (
     SELECT 1 FROM unnest(CAST(:kt AS text[]), CAST(:ki AS text[])) AS k(t, i)
     WHERE k.t = r.resource_type AND k.i = r.id)
@@ -519,9 +640,9 @@ RETURNING r.resource_type, r.id
         {
             "src": access.source,
             "pid": access.patient_id,
-            "types": kinds,
             "kt": [t for t, _ in keep],
             "ki": [i for _, i in keep],
+            **params,
         },
     )
     return sorted((r.resource_type, r.id) for r in rows)
@@ -559,14 +680,16 @@ async def chart_health(conn: AsyncConnection, access: AccessFilter) -> dict[str,
     """What the derived store still lacks: incomplete facts by type and reason, unindexed facts."""
     rows = await conn.execute(
         select(_fact.c.resource_type, _fact.c.incomplete, func.count().label("n"))
-        .where(_patient(_fact, access), _fact.c.incomplete.is_not(None))
+        .where(_patient(_fact, access), _fact.c.incomplete.is_not(None), _visible(_fact, access))
         .group_by(_fact.c.resource_type, _fact.c.incomplete)
     )
     incomplete: dict[str, dict[str, int]] = {}
     for r in rows:
         incomplete.setdefault(r.resource_type, {})[r.incomplete] = r.n
     unindexed = await conn.scalar(
-        select(func.count()).select_from(_fact).where(_patient(_fact, access), _needs_index())
+        select(func.count())
+        .select_from(_fact)
+        .where(_patient(_fact, access), _needs_index(), _visible(_fact, access))
     )
     return {"incomplete": incomplete, "unindexed": int(unindexed or 0)}
 
@@ -593,7 +716,12 @@ async def unindexed_facts(conn: AsyncConnection, access: AccessFilter) -> list[d
     """Facts whose chunks are missing or were built from another version (notes last)."""
     rows = await conn.execute(
         select(_fact)
-        .where(_patient(_fact, access), _fact.c.source_hash.is_not(None), _needs_index())
+        .where(
+            _patient(_fact, access),
+            _fact.c.source_hash.is_not(None),
+            _needs_index(),
+            _visible(_fact, access),
+        )
         .order_by(
             (_fact.c.resource_type == "DocumentReference").asc(), _fact.c.resource_type, _fact.c.id
         )

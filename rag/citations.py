@@ -1,5 +1,7 @@
 """Citation validation (DESIGN.md step 6): every cited id must be (i) in this request's retrieval
-set, (ii) a stored resource of this patient, (iii) of a type the access filter allows.
+set, (ii) a stored resource of this patient that the access filter shows — ``stored`` comes from
+``fhir_adapters.existing_refs``, which applies the filter's category restrictions —, (iii) of a
+type the access filter allows.
 
 A fact statement with any invalid citation is removed; a fact statement without citations is never
 returned as fact. Notices carry no citations.

@@ -32,7 +32,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhir_adapters import AccessFilter
+from fhir_adapters import AccessFilter, visible_sql
 from rag.repository import vector_literal
 
 #: Which resource type an entry of each lexicon kind is looked up in.
@@ -371,23 +371,24 @@ async def similar_concepts(
     allowed = sorted(set(resource_types) & access.resource_types)
     if not allowed:
         return []
+    visible, params = visible_sql(access, "k", types=allowed, id_column="resource_id")
     rows = await conn.execute(
         text(
-            """
+            f"""
             SELECT c.text, 1 - (c.embedding <=> CAST(:q AS vector)) AS sim
             FROM concept c
             WHERE c.id IN (
                 SELECT DISTINCT k.concept_id FROM chunk k
                 WHERE k.source = :src AND k.patient_id = :pid
-                  AND k.resource_type = ANY(:types) AND k.concept_id IS NOT NULL)
+                  AND {visible} AND k.concept_id IS NOT NULL)
             ORDER BY sim DESC LIMIT :limit
             """
         ),
         {
+            **params,
             "q": vector_literal(query_vector),
             "src": access.source,
             "pid": access.patient_id,
-            "types": allowed,
             "limit": limit,
         },
     )

@@ -17,7 +17,7 @@ from sqlalchemy import delete, insert, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhir_adapters import AccessFilter
+from fhir_adapters import AccessFilter, existing_refs, visible_sql
 from rag.chunking import ChunkDraft
 from rag.tables import Answer, Chunk, Concept
 
@@ -100,8 +100,8 @@ async def replace_chunks(
         await conn.execute(insert(_chunk), rows)
 
 
-_HYBRID = text(
-    """
+# ``{visible}``: ``fhir_adapters.visible_sql`` on the chunk ``c`` (types and category restrictions).
+_HYBRID = """
 WITH q AS (
     SELECT CAST(:qvec AS vector) AS v,
            CASE WHEN :qtext = '' THEN NULL ELSE to_tsquery('english', :qtext) END AS tq
@@ -110,14 +110,14 @@ vec AS (
     SELECT c.id, row_number() OVER (ORDER BY COALESCE(c.embedding, k.embedding) <=> q.v) AS r,
            1 - (COALESCE(c.embedding, k.embedding) <=> q.v) AS similarity
     FROM chunk c LEFT JOIN concept k ON k.id = c.concept_id, q
-    WHERE c.source = :src AND c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[]))
+    WHERE c.source = :src AND c.patient_id = :pid AND {visible}
     ORDER BY COALESCE(c.embedding, k.embedding) <=> q.v
     LIMIT :k
 ),
 fts AS (
     SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.id) AS r
     FROM chunk c, q
-    WHERE c.source = :src AND c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[]))
+    WHERE c.source = :src AND c.patient_id = :pid AND {visible}
       AND c.tsv @@ q.tq
     ORDER BY ts_rank_cd(c.tsv, q.tq) DESC, c.id
     LIMIT :k
@@ -132,7 +132,6 @@ LEFT JOIN fts ON fts.id = hits.id
 ORDER BY score DESC, c.id
 LIMIT :n
 """
-)
 
 
 @dataclass(frozen=True)
@@ -165,14 +164,15 @@ async def hybrid_search(
     allowed = sorted(access.resource_types if types is None else set(types) & access.resource_types)
     if not allowed:
         return []
+    visible, params = visible_sql(access, "c", types=allowed, id_column="resource_id")
     rows = await conn.execute(
-        _HYBRID,
+        text(_HYBRID.format(visible=visible)),
         {
+            **params,
             "qvec": vector_literal(query_vector),
             "qtext": " | ".join(terms),
             "src": access.source,
             "pid": access.patient_id,
-            "types": allowed,
             "k": k,
             "n": n,
             "rrf_k": rrf_k,
@@ -198,13 +198,28 @@ async def save_answer(
 async def get_answer(
     conn: AsyncConnection, access: AccessFilter, answer_id: uuid.UUID
 ) -> dict[str, Any] | None:
-    return await conn.scalar(
+    """A persisted answer of the filter's patient, unchanged; ``None`` when it cites a resource
+    this filter does not show (another session's answer with wider scopes is not re-readable)."""
+    body: dict[str, Any] | None = await conn.scalar(
         select(_answer.c.body).where(
             _answer.c.source == access.source,
             _answer.c.patient_id == access.patient_id,
             _answer.c.id == answer_id,
         )
     )
+    if body is None:
+        return None
+    refs = {
+        (rtype, rid)
+        for c in body.get("citations") or {}
+        for rtype, _, rid in [str(c).partition("/")]
+    }
+    if any(not access.allows(t) for t, _ in refs):
+        return None
+    restricted = {(t, i) for t, i in refs if access.restricted(t) is not None}
+    if restricted - await existing_refs(conn, access, restricted):
+        return None
+    return body
 
 
 # The tutorial pattern, for ``chartcite bench ask`` only: chunks copied with their vectors into
@@ -219,6 +234,7 @@ _NAIVE_TEMP_BUFFERS = "2GB"
 
 async def copy_naive_chunks(conn: AsyncConnection, access: AccessFilter) -> int:
     """Copy one patient's chunks (each with its vector) into the naive table; HNSW indexes them."""
+    visible, params = visible_sql(access, "c", id_column="resource_id")
     await conn.execute(text(f"SET temp_buffers = '{_NAIVE_TEMP_BUFFERS}'"))
     await conn.execute(
         text(
@@ -238,11 +254,11 @@ async def copy_naive_chunks(conn: AsyncConnection, access: AccessFilter) -> int:
 INSERT INTO {_NAIVE_TABLE}
 SELECT c.patient_id, c.id, COALESCE(c.embedding, k.embedding)
 FROM chunk c LEFT JOIN concept k ON k.id = c.concept_id
-WHERE c.source = :src AND c.patient_id = :pid AND c.resource_type = ANY(CAST(:types AS text[]))
+WHERE c.source = :src AND c.patient_id = :pid AND {visible}
   AND COALESCE(c.embedding, k.embedding) IS NOT NULL
 """
         ),
-        {"src": access.source, "pid": access.patient_id, "types": sorted(access.resource_types)},
+        {"src": access.source, "pid": access.patient_id, **params},
     )
     return int(result.rowcount or 0)
 
