@@ -4,7 +4,9 @@ Fetch: ``Patient/$everything`` when the server offers it, else one search per re
 incremental pull asks only for what changed (``_since`` / ``_lastUpdated``). Each page is one transaction: its raw
 resources and the facts that can be projected from the page alone, so a crash never leaves a page
 half stored. A search whose pages hold fewer matches than its ``Bundle.total`` is an error of that
-type; the other types go on.
+type; the other types go on. A type the access filter restricts by category is searched with
+``category=`` and, since servers may ignore it (and ``$everything`` has no such parameter), every
+returned resource the filter would hide is dropped unstored.
 
 Reconcile (``reconcile``): whatever happened to earlier runs, the facts are rebuilt from the raw
 store: every raw clinical resource whose fact is missing, from another version (``source_hash``), or
@@ -201,6 +203,8 @@ class Puller:
                     complete.add("Patient")
         for rtype in sorted(wanted - {"Patient"}):
             params = {"patient": pid, "_count": self.page_size}
+            if (codings := self.access.restricted(rtype)) is not None:
+                params["category"] = category_param(codings)
             if since is not None:
                 params["_lastUpdated"] = f"gt{since.isoformat()}"
             if await self._source(rtype, rtype, params):
@@ -264,9 +268,16 @@ class Puller:
             if storing is not None:
                 await storing
 
-    def _wanted(self, rtype: Any) -> bool:
-        """Is this a type the sync stores for this session (others are skipped unvalidated)?"""
-        return rtype in SUPPORT_TYPES or (rtype in CLINICAL_TYPES and self.access.allows(rtype))
+    def _wanted(self, resource: Any) -> bool:
+        """Is this a resource the sync stores for this session (others are skipped unvalidated)?
+
+        Of a type restricted by category, only the matching ones: the EHR may ignore the search's
+        ``category`` (and ``$everything`` has none), so what the filter would hide is not stored.
+        """
+        if not isinstance(resource, dict):
+            return False
+        rtype = resource.get("resourceType")
+        return rtype in SUPPORT_TYPES or (rtype in CLINICAL_TYPES and self.access.admits(resource))
 
     async def ingest(self, page: list[Any]) -> None:
         """Check and store one page (resources read one by one)."""
@@ -295,8 +306,7 @@ class Puller:
             for i, r in enumerate(page)
             if not isinstance(r, dict)
             or (
-                self._wanted(r.get("resourceType"))
-                and known.get((r.get("resourceType"), r.get("id"))) != digests[i]  # type: ignore[arg-type]
+                self._wanted(r) and known.get((r.get("resourceType"), r.get("id"))) != digests[i]  # type: ignore[arg-type]
             )
         ]
         verdicts = dict(
@@ -325,7 +335,7 @@ class Puller:
                     continue
                 digest = digests[i]
                 rtype = resource.get("resourceType")
-                if not self._wanted(rtype):
+                if not self._wanted(resource):
                     self.result.counts["skipped"] += 1
                     continue
                 assert isinstance(rtype, str)
@@ -393,6 +403,16 @@ class Puller:
         if self._last[0] == phase:  # a later phase has not begun
             self._last = (phase, time.monotonic())
             await self.progress(phase, dict(self.result.counts), self.result.quarantined)  # type: ignore[misc]
+
+
+def category_param(codings: Iterable[tuple[str | None, str]]) -> str:
+    """The FHIR token search value for a category restriction: ``system|code`` or ``code``, OR-ed
+    with commas (FHIR R4 search §3.1.1.4.3 token, §3.1.1.2 OR); a comma in a code is escaped."""
+    return ",".join(
+        sorted(
+            (f"{system}|{code}" if system else code).replace(",", "\\,") for system, code in codings
+        )
+    )
 
 
 def _project(
