@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from fhir_adapters import CLINICAL_TYPES, AccessFilter
+from fhir_adapters import CLINICAL_TYPES, AccessFilter, has_category
 from smart_app import repository as repo
 from smart_app.audit import AuditRecord
 from smart_app.bearer import ISS_HEADER, challenge, insufficient_scope
@@ -69,10 +69,16 @@ def app_state(request: Request) -> AppState:
 
 
 def access_for(scopes: GrantedScopes, source: str, patient_id: str) -> AccessFilter:
-    readable = scopes.readable_types(frozenset(CHART_TYPES))
-    if "MedicationRequest" in readable:
-        readable |= {"Medication"}
-    return AccessFilter(source, patient_id, frozenset(readable))
+    """The access filter of these granted scopes: the types they read, and the categories a
+    restricted (``?category=``) read admits. A restriction on a type without a ``category``
+    element admits nothing: no read of that type."""
+    readable = scopes.readable(frozenset(CHART_TYPES))
+    categories = {t: c for t, c in readable.items() if c is not None and has_category(t)}
+    types = {t for t, c in readable.items() if c is None or t in categories}
+    if "MedicationRequest" in types and "MedicationRequest" not in categories:
+        # A request's drug; not for a restricted read, where it might be a hidden request's.
+        types.add("Medication")
+    return AccessFilter(source, patient_id, frozenset(types), categories)
 
 
 def _context(row: Any) -> SessionContext:
