@@ -18,7 +18,7 @@ from fhir_adapters.client import RetryPolicy
 from fhir_adapters.normalize import warm_up
 from fhir_adapters.validation import Validator
 from launch import logs
-from launch.db import Database, create_engine, open_database, require_migrated
+from launch.db import Database, app_database, create_engine, open_database, require_migrated
 from launch.settings import Settings
 from rag import load_embedder
 from rag.concepts import lexicon
@@ -31,6 +31,8 @@ from smart_app import (
     install_routes,
     new_key_b64,
 )
+from smart_app.audit_anchor import AuditKeyring
+from smart_app.audit_checkpoints import CheckpointPolicy, CheckpointWriter
 from smart_app.bearer import BearerVerifier
 from smart_app.ehrs import EhrRegistration, EhrRegistry, normalise_iss
 from smart_app.keys import AppKeys
@@ -51,6 +53,16 @@ def token_key(settings: Settings) -> str:
         with os.fdopen(fd, "w") as fh:
             fh.write(new_key_b64())
     return path.read_text().strip()
+
+
+def audit_keyring(settings: Settings) -> AuditKeyring:
+    """The checkpoint signing keys: ``CHARTCITE_AUDIT_KEY``, else derived from the token key."""
+    return AuditKeyring.from_config(
+        audit_key=settings.audit_key.get_secret_value() if settings.audit_key else None,
+        audit_keys_retired=[k.get_secret_value() for k in settings.audit_keys_retired],
+        token_key=None if settings.audit_key else token_key(settings),
+        token_keys_retired=[k.get_secret_value() for k in settings.token_keys_retired],
+    )
 
 
 def registrations(settings: Settings) -> EhrRegistry:
@@ -128,7 +140,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = database or open_database(settings)
-        engine = create_engine(db)
+        engine = create_engine(app_database(db, settings))  # least privilege: not the owner
         validator = Validator(workers=settings.sync_validate_workers)
         try:
             await require_migrated(engine)
@@ -156,11 +168,22 @@ def create_app(
                 state.jobs = SyncJobs(state)
                 state.bearer = BearerVerifier(state)
                 await state.jobs.close_dead_runs()
+                checkpoints = CheckpointWriter(
+                    engine,
+                    audit_keyring(settings),
+                    CheckpointPolicy(
+                        every_rows=settings.audit_checkpoint_every_rows,
+                        every_seconds=settings.audit_checkpoint_seconds,
+                    ),
+                )
+                await checkpoints.checkpoint()  # anchor what earlier runs appended
+                checkpoints.start()
                 app.state.chartcite = state
                 if on_ready is not None:
                     on_ready()
                 yield
                 await state.jobs.shutdown()
+                await checkpoints.stop()
         finally:
             validator.close()
             await engine.dispose()

@@ -1,4 +1,4 @@
-"""``chartcite``: demo, serve, db upgrade, audit verify, keys, model build, bench."""
+"""``chartcite``: demo, serve, db upgrade, audit verify/checkpoint/export, keys, model build, bench."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 async def _upgrade(settings: Settings, database: Any = None) -> tuple[str | None, str]:
-    from launch.db import open_database, upgrade_database
+    from launch.db import app_role, open_database, upgrade_database
 
-    return await upgrade_database(database or open_database(settings))
+    return await upgrade_database(database or open_database(settings), app_role(settings))
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -46,35 +46,139 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _verify(settings: Settings) -> tuple[int, Any]:
+def _load_anchor(path: Path) -> list[Any]:
+    from smart_app.audit_anchor import Checkpoint
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [Checkpoint.from_json(json.loads(line)) for line in lines if line.strip()]
+
+
+async def _audit_job(settings: Settings, job: Any) -> Any:
+    """Run ``job(conn, keyring)`` in one transaction as the owner (the CLI is the operator)."""
+    from launch.app import audit_keyring
     from launch.db import create_engine, open_database, require_migrated
-    from smart_app import iter_audit, verify_chain
 
     engine = create_engine(open_database(settings), pool_size=1)
     try:
         await require_migrated(engine)
-        async with engine.connect() as conn:
-            rows = [r async for r in iter_audit(conn)]
-        report = verify_chain(rows)
-        return report.rows, report
+        async with engine.begin() as conn:
+            return await job(conn, audit_keyring(settings))
     finally:
         await engine.dispose()
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """The chain, every signed checkpoint, and (``--anchor``) an exported checkpoint file."""
     from launch.db import DatabaseError
+    from smart_app.audit_checkpoints import verify_database
 
     settings = _settings(args, env="dev" if args.dev else None)
     try:
-        n, report = asyncio.run(_verify(settings))
+        anchor = _load_anchor(Path(args.anchor)) if args.anchor else None
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"chartcite: cannot read the anchor file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(
+            _audit_job(settings, lambda conn, keys: verify_database(conn, keys, anchor))
+        )
     except DatabaseError as exc:
         print(f"chartcite: {exc}", file=sys.stderr)
         return 2
     if report.ok:
-        print(f"audit chain OK: {n} records verified")
+        if report.checkpoints:
+            anchored = (
+                f"{report.anchored_rows} anchored by {report.checkpoints} signed checkpoints "
+                f"(last at seq {report.last_anchor_seq}), {report.unanchored_rows} newer"
+            )
+        else:
+            anchored = "no checkpoints yet (`chartcite audit checkpoint` writes one)"
+        extra = f"; {len(anchor)} anchored checkpoints of the file found" if anchor else ""
+        print(f"audit chain OK: {report.rows} records verified; {anchored}{extra}")
         return 0
-    print(f"audit chain BROKEN at seq {report.first_bad_seq}: {report.reason}", file=sys.stderr)
+    first, *rest = report.problems
+    print(f"audit chain BROKEN at seq {first.seq}: {first.reason}", file=sys.stderr)
+    for problem in rest:
+        print(f"  also at seq {problem.seq}: {problem.reason}", file=sys.stderr)
     return 1
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Sign the chain's head now, print the newest checkpoint; ``--export`` writes them all."""
+    from launch.db import DatabaseError
+    from smart_app import repository as repo
+    from smart_app.audit_checkpoints import CheckpointRefused, write_checkpoint
+
+    settings = _settings(args, env="dev" if args.dev else None)
+
+    async def job(conn: Any, keys: Any) -> tuple[Any, list[Any]]:
+        written = await write_checkpoint(conn, keys)
+        return written, await repo.list_checkpoints(conn)
+
+    try:
+        written, checkpoints = asyncio.run(_audit_job(settings, job))
+    except (DatabaseError, CheckpointRefused) as exc:
+        print(f"chartcite: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, CheckpointRefused) else 2
+    if not checkpoints:
+        print("no audit records yet: nothing to anchor")
+        return 0
+    cp = checkpoints[-1]
+    state = "written" if written is not None else "unchanged (no new records)"
+    print(
+        f"checkpoint #{cp.seq} {state}: {cp.row_count} records up to seq {cp.head_seq}, "
+        f"head {cp.head_hash[:16]}…, signed {cp.signed_at.isoformat()} with {cp.key_id}"
+    )
+    print(json.dumps(cp.to_json(), sort_keys=True))
+    if args.export:
+        out = Path(args.export)
+        out.write_text("".join(json.dumps(c.to_json(), sort_keys=True) + "\n" for c in checkpoints))
+        print(f"{len(checkpoints)} checkpoints written to {out} (keep it off-site)")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """The audit trail as FHIR R4 AuditEvents (NDJSON, or one Bundle), each validated."""
+    from fhir_adapters import InvalidResource
+    from launch.db import DatabaseError
+    from smart_app import repository as repo
+    from smart_app.audit_fhir import bundle, to_audit_event, validated
+
+    patient = None
+    if args.patient:
+        source, sep, pid = args.patient.partition("/")
+        if not sep or not source or not pid:
+            print(
+                "chartcite audit export: --patient is SOURCE/ID (e.g. ehr-1a2b…/123)",
+                file=sys.stderr,
+            )
+            return 2
+        patient = (source, pid)
+    settings = _settings(args, env="dev" if args.dev else None)
+
+    async def job(conn: Any, _keys: Any) -> list[dict[str, Any]]:
+        rows = repo.iter_audit(conn, patient=patient)
+        return [validated(to_audit_event(r, r["detail"] or {})) async for r in rows]
+
+    try:
+        events = asyncio.run(_audit_job(settings, job))
+        if args.bundle:
+            body = validated(bundle(events, bundle_type="collection", bundle_id="chartcite-audit"))
+            text = json.dumps(body) + "\n"
+        else:
+            text = "".join(json.dumps(e) + "\n" for e in events)
+    except DatabaseError as exc:
+        print(f"chartcite: {exc}", file=sys.stderr)
+        return 2
+    except InvalidResource as exc:
+        print(f"chartcite: an AuditEvent failed validation: {exc.reason}", file=sys.stderr)
+        return 1
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"{len(events)} AuditEvents written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -341,10 +445,29 @@ def parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit trail").add_subparsers(
         dest="audit_command", required=True
     )
-    verify = audit.add_parser("verify", help="verify the hash chain; exits 1 on a break")
+    verify = audit.add_parser(
+        "verify", help="verify the hash chain and its signed checkpoints; exits 1 on a problem"
+    )
     common(verify)
     verify.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
+    verify.add_argument(
+        "--anchor", help="a file from `audit checkpoint --export`: its checkpoints must still hold"
+    )
     verify.set_defaults(func=cmd_audit_verify)
+    checkpoint = audit.add_parser(
+        "checkpoint", help="sign the chain's head now and print it; --export FILE for off-site"
+    )
+    common(checkpoint)
+    checkpoint.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
+    checkpoint.add_argument("--export", help="write every checkpoint to FILE (JSON lines)")
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
+    export = audit.add_parser("export", help="the audit trail as FHIR R4 AuditEvents (NDJSON)")
+    common(export)
+    export.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
+    export.add_argument("--patient", help="one patient only: SOURCE/ID (the source key, ehr-…)")
+    export.add_argument("--out", help="write to FILE instead of stdout")
+    export.add_argument("--bundle", action="store_true", help="one Bundle (collection), not NDJSON")
+    export.set_defaults(func=cmd_audit_export)
 
     keys = sub.add_parser("keys", help="private_key_jwt signing keys").add_subparsers(
         dest="keys_command", required=True

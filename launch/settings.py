@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -79,6 +80,24 @@ class Settings(BaseSettings):
     token_keys_retired: list[SecretStr] = Field(default_factory=list)
     """Earlier token keys, for decrypting only (rotation: a JSON list of base64 keys)."""
     """Base64 of 32 bytes; encrypts OAuth tokens at rest. Dev generates one in the data dir."""
+    audit_key: SecretStr | None = None
+    """Base64 of 32 bytes; signs audit checkpoints (HMAC-SHA256). Unset: derived from the token
+    key with HKDF (``smart_app/audit_anchor.py``). Never stored in the database."""
+    audit_keys_retired: list[SecretStr] = Field(default_factory=list)
+    """Earlier audit keys, for verifying old checkpoints only (a JSON list of base64 keys)."""
+    audit_checkpoint_every_rows: int = 100
+    """The app signs a checkpoint after this many new audit rows…"""
+    audit_checkpoint_seconds: float = 60.0
+    """…or after this long when any row is new (and once more at shutdown)."""
+    app_database_url: SecretStr | None = None
+    """The app's own least-privilege connection (``CHARTCITE_APP_DATABASE_URL``). Unset: the
+    owner's URL (``DATABASE_URL`` or the embedded server) with ``app_db_role`` as the user."""
+    app_db_role: str = "chartcite_app"
+    """The role the app connects as; ``chartcite db upgrade`` creates it and grants it DML, but
+    only SELECT/INSERT on the audit tables. Empty: connect as the owner (not recommended)."""
+    app_db_password: SecretStr | None = None
+    """That role's password, set by ``chartcite db upgrade``; unset: generated into the data dir
+    (``app-db-password``, mode 0600). The embedded server trusts its unix socket."""
     state_ttl_seconds: int = 600
     session_ttl_seconds: int = 8 * 3600
     token_check_seconds: float = 60.0
@@ -150,3 +169,18 @@ class Settings(BaseSettings):
     @property
     def secure_cookies(self) -> bool:
         return self.base_url.startswith("https://")
+
+    def resolved_app_db_password(self) -> str:
+        """The app role's password: configured, or generated once into the data dir (0600)."""
+        if self.app_db_password is not None:
+            return self.app_db_password.get_secret_value()
+        path = self.data_dir / "app-db-password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first
+                return path.read_text().strip()
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()

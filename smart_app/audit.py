@@ -2,7 +2,9 @@
 
 Each record's ``hash`` is SHA-256 over the previous record's hash and the record's canonical JSON,
 so altering, inserting or removing a row in the middle breaks every later link. The database also
-refuses UPDATE/DELETE/TRUNCATE on the table (see migration 0001). Maps to FHIR AuditEvent.
+refuses UPDATE/DELETE/TRUNCATE on the table (see migration 0001). Deleting the newest rows or
+recomputing the whole chain is caught by signed checkpoints (``smart_app/audit_anchor.py``).
+Maps to FHIR AuditEvent (``smart_app/audit_fhir.py``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,19 @@ class ChainReport:
     reason: str | None = None
 
 
+def row_record(row: Mapping[str, Any]) -> AuditRecord:
+    """The record a stored audit row holds (what its hash was computed over)."""
+    return AuditRecord(
+        action=row["action"],
+        outcome=row["outcome"],
+        actor=row["actor"],
+        client_id=row["client_id"],
+        patient_id=row["patient_id"],
+        source=row.get("source"),
+        detail=row["detail"],
+    )
+
+
 def verify_chain(rows: Iterable[Mapping[str, Any]]) -> ChainReport:
     """Check links and hashes of rows ordered by ``seq``; report the first break."""
     prev = GENESIS
@@ -74,16 +89,7 @@ def verify_chain(rows: Iterable[Mapping[str, Any]]) -> ChainReport:
         n += 1
         if row["prev_hash"] != prev:
             return ChainReport(n, False, row["seq"], "prev_hash does not match the previous row")
-        record = AuditRecord(
-            action=row["action"],
-            outcome=row["outcome"],
-            actor=row["actor"],
-            client_id=row["client_id"],
-            patient_id=row["patient_id"],
-            source=row.get("source"),
-            detail=row["detail"],
-        )
-        if chain_hash(prev, record, row["recorded_at"]) != row["hash"]:
+        if chain_hash(prev, row_record(row), row["recorded_at"]) != row["hash"]:
             return ChainReport(n, False, row["seq"], "row content does not match its hash")
         prev = row["hash"]
     return ChainReport(n, True)

@@ -6,16 +6,40 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Text,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    table,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from smart_app.audit import GENESIS, AuditRecord, chain_hash
+from smart_app.audit_anchor import Checkpoint
 from smart_app.tables import AppSession, AuditEvent, LaunchState
 
 _launch = LaunchState.__table__  # type: ignore[attr-defined]
 _session = AppSession.__table__  # type: ignore[attr-defined]
 _audit = AuditEvent.__table__  # type: ignore[attr-defined]
+_checkpoint = table(
+    "audit_checkpoint",
+    column("seq", BigInteger),
+    column("row_count", BigInteger),
+    column("head_seq", BigInteger),
+    column("head_hash", Text),
+    column("signed_at", DateTime(timezone=True)),
+    column("key_id", Text),
+    column("prev_signature", Text),
+    column("signature", Text),
+)  # migration 0005; append-only like audit_event
 _AUDIT_LOCK = 0x636861727463  # pg_advisory_xact_lock key: one writer extends the chain at a time
 
 
@@ -108,9 +132,14 @@ async def upsert_bearer_session(conn: AsyncConnection, **values: Any) -> None:
     )
 
 
+async def lock_audit(conn: AsyncConnection) -> None:
+    """Hold the chain's writer lock until the caller's transaction ends."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+
+
 async def append_audit(conn: AsyncConnection, record: AuditRecord) -> str:
     """Extend the chain by one record inside the caller's transaction; returns the new hash."""
-    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+    await lock_audit(conn)
     prev = await conn.scalar(select(_audit.c.hash).order_by(_audit.c.seq.desc()).limit(1))
     prev = prev or GENESIS
     recorded_at = now()
@@ -132,19 +161,21 @@ async def append_audit(conn: AsyncConnection, record: AuditRecord) -> str:
     return digest
 
 
-async def iter_audit(conn: AsyncConnection, batch: int = 1000) -> AsyncIterator[dict[str, Any]]:
-    """All audit rows in chain order, streamed in batches."""
-    last = 0
+async def iter_audit(
+    conn: AsyncConnection,
+    batch: int = 1000,
+    *,
+    after: int = 0,
+    patient: tuple[str, str] | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Audit rows with ``seq > after`` in chain order, streamed in batches; ``patient``
+    (source, patient id) keeps one patient's rows only."""
+    last = after
     while True:
-        rows = (
-            (
-                await conn.execute(
-                    select(_audit).where(_audit.c.seq > last).order_by(_audit.c.seq).limit(batch)
-                )
-            )
-            .mappings()
-            .all()
-        )
+        query = select(_audit).where(_audit.c.seq > last)
+        if patient is not None:
+            query = query.where(_audit.c.source == patient[0], _audit.c.patient_id == patient[1])
+        rows = (await conn.execute(query.order_by(_audit.c.seq).limit(batch))).mappings().all()
         if not rows:
             return
         for row in rows:
@@ -168,3 +199,38 @@ async def list_audit(
         .all()
     )
     return [dict(r) for r in rows]
+
+
+async def audit_head(conn: AsyncConnection) -> tuple[int, str] | None:
+    """The newest audit row's (seq, hash), if any."""
+    row = (
+        await conn.execute(
+            select(_audit.c.seq, _audit.c.hash).order_by(_audit.c.seq.desc()).limit(1)
+        )
+    ).one_or_none()
+    return None if row is None else (int(row.seq), str(row.hash))
+
+
+def _checkpoint_of(row: Any) -> Checkpoint:
+    m = row._mapping
+    return Checkpoint(**dict(m))
+
+
+async def last_checkpoint(conn: AsyncConnection) -> Checkpoint | None:
+    row = (
+        await conn.execute(select(_checkpoint).order_by(_checkpoint.c.seq.desc()).limit(1))
+    ).one_or_none()
+    return None if row is None else _checkpoint_of(row)
+
+
+async def list_checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
+    """Every checkpoint, oldest first."""
+    rows = (await conn.execute(select(_checkpoint).order_by(_checkpoint.c.seq))).all()
+    return [_checkpoint_of(r) for r in rows]
+
+
+async def insert_checkpoint(conn: AsyncConnection, cp: Checkpoint) -> Checkpoint:
+    """Store a signed checkpoint; returns it with its ``seq``."""
+    values = {k: v for k, v in cp.__dict__.items() if k != "seq"}
+    seq = await conn.scalar(insert(_checkpoint).values(**values).returning(_checkpoint.c.seq))
+    return Checkpoint(**{**values, "seq": int(seq)})

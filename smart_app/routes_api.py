@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -14,6 +14,8 @@ from sqlalchemy import text
 from fhir_adapters import AccessFilter, get_resource, get_sync_run, latest_sync_run
 from rag import AnswerBody, answer_question, get_answer
 from smart_app import repository as repo
+from smart_app.audit_fhir import bundle as fhir_bundle
+from smart_app.audit_fhir import to_audit_event, validated
 from smart_app.bearer import insufficient_scope
 from smart_app.errors import Conflict, Forbidden, NotFound
 from smart_app.session import CHART_TYPES, SessionContext, app_state, current_session
@@ -279,8 +281,21 @@ def audit_view(detail: dict[str, Any], access: AccessFilter) -> dict[str, Any] |
     return out
 
 
-@router.get("/audit")
-async def audit_log(request: Request, session: Session, limit: int = 100) -> dict[str, Any]:
+@router.get(
+    "/audit",
+    responses={
+        200: {
+            "description": "``{entries: [...]}``; with ``format=fhir`` a FHIR R4 Bundle "
+            "(searchset) of AuditEvent resources (application/fhir+json)",
+        }
+    },
+)
+async def audit_log(
+    request: Request,
+    session: Session,
+    limit: int = 100,
+    format: Literal["json", "fhir"] = "json",
+) -> Any:
     """This patient's audit records, newest first, filtered by the caller's scopes."""
     async with app_state(request).engine.connect() as conn:
         rows = await repo.list_audit(
@@ -289,22 +304,26 @@ async def audit_log(request: Request, session: Session, limit: int = 100) -> dic
             patient_id=session.patient_id,
             limit=max(1, min(limit, 1000)),
         )
-    entries = []
-    for r in rows:
-        detail = audit_view(r["detail"] or {}, session.access)
-        if detail is None:
-            continue
-        entries.append(
-            {
-                "seq": r["seq"],
-                "recorded_at": r["recorded_at"].isoformat(),
-                "action": r["action"],
-                "outcome": r["outcome"],
-                "actor": r["actor"],
-                "detail": detail,
-                "hash": r["hash"],
-            }
+    views = [(r, audit_view(r["detail"] or {}, session.access)) for r in rows]
+    visible = [(r, d) for r, d in views if d is not None]  # None: a record about a hidden type
+    if format == "fhir":
+        events = [to_audit_event(r, d) for r, d in visible]
+        body = validated(
+            fhir_bundle(events, bundle_type="searchset", bundle_id=f"audit-{uuid.uuid4().hex}")
         )
+        return JSONResponse(body, media_type="application/fhir+json")
+    entries = [
+        {
+            "seq": r["seq"],
+            "recorded_at": r["recorded_at"].isoformat(),
+            "action": r["action"],
+            "outcome": r["outcome"],
+            "actor": r["actor"],
+            "detail": detail,
+            "hash": r["hash"],
+        }
+        for r, detail in visible
+    ]
     return {"entries": entries}
 
 

@@ -46,3 +46,35 @@ def test_upgrade_is_idempotent(database: Database) -> None:
     first, second, rev = asyncio.run(run())
     assert first == (None, head_revision()) and second == (head_revision(), head_revision())
     assert rev == head_revision()
+
+
+def test_app_role_is_derived_and_never_the_owner(database: Database, data_dir: object) -> None:
+    from sqlalchemy.engine import make_url
+
+    from launch.db import AppRole, app_database, app_role
+
+    settings = Settings(env="dev", data_dir=data_dir)
+    role = app_role(settings)
+    assert role is not None and role.name == "chartcite_app" and role.password
+    assert "password" not in repr(role).lower() or role.password not in repr(role)
+    url = make_url(app_database(database, settings).url)
+    assert url.username == "chartcite_app" and url.password == role.password
+    dba = Settings(
+        env="dev",
+        data_dir=data_dir,
+        app_database_url=SecretStr("postgresql://reader:pw@db.example/chartcite"),
+    )
+    assert app_role(dba) == AppRole(name="reader", managed=False)
+    assert make_url(app_database(database, dba).url).drivername == "postgresql+asyncpg"
+    assert app_role(Settings(env="dev", data_dir=data_dir, app_db_role="")) is None
+    url_db = scratch_database(database, "owner")
+
+    async def run() -> None:
+        engine = create_engine(url_db, pool_size=1)
+        try:
+            await upgrade(engine, AppRole(name="postgres"))
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(DatabaseError, match="is the owner"):
+        asyncio.run(run())
