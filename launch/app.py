@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx2
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
 from fhir_adapters.client import RetryPolicy
@@ -35,7 +36,9 @@ from smart_app.audit_anchor import AuditKeyring
 from smart_app.audit_checkpoints import CheckpointPolicy, CheckpointWriter
 from smart_app.bearer import BearerVerifier
 from smart_app.ehrs import EhrRegistration, EhrRegistry, normalise_iss
+from smart_app.guard import Guard, GuardConfig, origin
 from smart_app.keys import AppKeys
+from smart_app.routes_web import page_csp
 
 log = logging.getLogger("chartcite")
 
@@ -118,6 +121,18 @@ def app_config(settings: Settings) -> AppConfig:
     )
 
 
+def guard_config(settings: Settings) -> GuardConfig:
+    """Limits and headers (``smart_app/guard.py``): the page may be framed by registered EHRs."""
+    ehr_origins = sorted({origin(r.iss) for r in registrations(settings)})
+    return GuardConfig(
+        max_body_bytes=settings.max_body_bytes,
+        session_per_minute=settings.rate_limit_session_per_minute,
+        client_per_minute=settings.rate_limit_client_per_minute,
+        frame_ancestors=tuple(ehr_origins),
+        page_csp=page_csp(),
+    )
+
+
 def fhir_retry(settings: Settings) -> RetryPolicy:
     """How hard each FHIR request tries, from the ``CHARTCITE_FHIR_*`` settings."""
     return RetryPolicy(
@@ -187,8 +202,10 @@ def create_app(
         finally:
             validator.close()
             await engine.dispose()
+            if database is None and db.embedded is not None:
+                db.embedded.cleanup()  # `serve` on the embedded server: stop what we started
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the installed package, pinned (no CDN)
         title="chartcite",
         version="0.1.0",
         lifespan=lifespan,
@@ -196,6 +213,7 @@ def create_app(
     )
     app.middleware("http")(logs.access_middleware)
     install_routes(app)
+    app.add_middleware(Guard, config=guard_config(settings))  # outermost of ours: added last
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)
     return app

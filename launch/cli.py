@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -323,6 +324,18 @@ def _ensure_model(settings: Settings) -> None:
             sys.exit(f"chartcite: {exc}")
 
 
+def _exit_cleanly_on_signals() -> None:
+    """uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the
+    handler that was there before it; with Python's default the process dies on the spot and no
+    ``finally`` (stopping the embedded PostgreSQL) runs. This handler turns it into SystemExit."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -360,9 +373,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.faults:
         demo.faults.set(*[Fault(**f) for f in json.loads(args.faults)])
         print(f"sandbox fault drill: {len(demo.faults.faults)} fault rule(s) active", flush=True)
-    uvicorn.run(
-        demo.app, host=settings.host, port=settings.port, access_log=False, log_level="warning"
-    )
+    _exit_cleanly_on_signals()
+    try:
+        uvicorn.run(
+            demo.app, host=settings.host, port=settings.port, access_log=False, log_level="warning"
+        )
+    finally:
+        if database.embedded is not None:
+            database.embedded.cleanup()  # stops the embedded PostgreSQL unless another user has it
     return 0
 
 
@@ -374,6 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure()
     settings = _settings(args)
+    _exit_cleanly_on_signals()
     uvicorn.run(
         create_app(settings),
         host=settings.host,

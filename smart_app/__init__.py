@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from smart_app import http_errors
+from smart_app import http_errors, openapi
 from smart_app.audit import AuditRecord, ChainReport, verify_chain
 from smart_app.crypto import TokenCipher, new_key_b64
 from smart_app.jobs import SyncJobs
@@ -19,6 +19,7 @@ from smart_app.state import AppConfig, AppState
 def install_routes(app: FastAPI) -> None:
     """Add chartcite's routers and error handlers to an app built by ``launch``."""
     http_errors.install(app)
+    openapi.install(app)
     app.include_router(health)
     app.include_router(launch_router)
     app.include_router(api_router)

@@ -73,7 +73,8 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return error_response(request, exc.status_code, code, message)
+        # Keep the exception's headers: a 405 names the allowed methods (RFC 9110 §15.5.6).
+        return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -4,7 +4,10 @@ by uvicorn on a free loopback port. Tests talk to it over real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -22,6 +25,10 @@ from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
 from launch.settings import Settings, default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests poll sync status every few milliseconds: no rate limits unless a test sets them
+# (tests/integration/test_hardening.py does). Subprocess servers inherit this.
+os.environ.setdefault("CHARTCITE_RATE_LIMIT_SESSION_PER_MINUTE", "0")
+os.environ.setdefault("CHARTCITE_RATE_LIMIT_CLIENT_PER_MINUTE", "0")
 # ../shared next to the clone (CI has it; a user's clone may not). CHARTCITE_SHARED_DIR overrides.
 SHARED_DIR = Path(os.environ.get("CHARTCITE_SHARED_DIR") or ROOT.parent / "shared")
 SYNTHEA_DIR = SHARED_DIR / "data" / "synthea"
@@ -37,6 +44,84 @@ def synthea_dir() -> Path:
     if not (SYNTHEA_DIR / "_shared").is_dir():
         pytest.skip(f"Synthea sample data not found at {SYNTHEA_DIR} (set CHARTCITE_SHARED_DIR)")
     return SYNTHEA_DIR
+
+
+class _LogTap(logging.Handler):
+    """Every log record of the test session, formatted as a log file would hold it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.name} {record.levelname} {record.getMessage()}"
+        except Exception:  # noqa: BLE001 - a malformed record is still scanned by its template
+            text = f"{record.name} {record.levelname} {record.msg}"
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.lines.append(text)
+
+
+def _identifiers(resources: list[dict[str, object]]) -> set[str]:
+    """What identifies a patient: id, MRN and other identifier values, names, birth date,
+    phone, street address."""
+    found: set[str] = set()
+    for r in resources:
+        if r.get("resourceType") != "Patient":
+            continue
+        found.add(str(r["id"]))
+        found.update(str(i.get("value")) for i in r.get("identifier") or [] if i.get("value"))  # type: ignore[union-attr]
+        for name in r.get("name") or []:  # type: ignore[union-attr]
+            found.update(str(p) for p in [name.get("family"), *(name.get("given") or [])] if p)
+        found.update(str(t.get("value")) for t in r.get("telecom") or [] if t.get("value"))  # type: ignore[union-attr]
+        found.update(str(a) for ad in r.get("address") or [] for a in ad.get("line") or [])  # type: ignore[union-attr]
+        if r.get("birthDate"):
+            found.add(str(r["birthDate"]))
+    return {f for f in found if len(f) >= 4}
+
+
+def phi_hits(lines: list[str], identifiers: set[str]) -> list[tuple[str, str]]:
+    """(line, identifier) for every line that names one of the identifiers as a whole token."""
+    if not identifiers:
+        return []
+    alternatives = "|".join(map(re.escape, sorted(identifiers, key=len, reverse=True)))
+    pattern = re.compile(r"(?<![\w-])(" + alternatives + r")(?![\w-])")
+    return [(line[:200], m.group(0)) for line in lines if (m := pattern.search(line))]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def phi_free_logs() -> Iterator[None]:
+    """Every server log line of the whole test session is scanned for the identifiers of every
+    patient the tests can have served (generated charts of each seed the tests use, the Synthea
+    sample when present); one hit fails the session."""
+    from launch import logs
+
+    logs.quiet_libraries()  # the logging policy the product runs with
+    tap = _LogTap()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(tap)
+    root.setLevel(min(old_level, logging.INFO) if old_level else logging.INFO)
+    yield
+    root.removeHandler(tap)
+    root.setLevel(old_level)
+    from datetime import date
+
+    from launch.sandbox import generate_patients
+
+    ids: set[str] = set()
+    for seed in (3, 5, 7, 8, 99):
+        ids |= _identifiers(generate_patients(n_patients=20, seed=seed, today=date.today()))
+    if (SYNTHEA_DIR / "_shared").is_dir():
+        for bundle in SYNTHEA_DIR.glob("*.json"):
+            entries = json.loads(bundle.read_text(encoding="utf-8")).get("entry") or []
+            ids |= _identifiers([e.get("resource") or {} for e in entries])
+    hits = phi_hits(tap.lines, ids)
+    assert not hits, f"{len(hits)} log lines name a patient identifier, e.g. {hits[:3]}"
+    assert not [line for line in tap.lines if "Traceback" in line and "chartcite" in line], (
+        "a traceback reached the log"
+    )
 
 
 @dataclass
