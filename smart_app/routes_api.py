@@ -11,13 +11,20 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 
-from fhir_adapters import AccessFilter, get_resource, get_sync_run, latest_sync_run
+from fhir_adapters import (
+    AccessFilter,
+    existing_refs,
+    get_resource,
+    get_sync_run,
+    latest_sync_run,
+)
 from rag import AnswerBody, answer_question, get_answer
 from smart_app import repository as repo
 from smart_app.audit_fhir import bundle as fhir_bundle
 from smart_app.audit_fhir import to_audit_event, validated
 from smart_app.bearer import insufficient_scope
 from smart_app.errors import Conflict, Forbidden, NotFound
+from smart_app.guard import bad_text
 from smart_app.session import CHART_TYPES, SessionContext, app_state, current_session
 
 router = APIRouter(prefix="/api")
@@ -36,6 +43,8 @@ class AskRequest(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("the question is empty")
+        if bad_text(value):
+            raise ValueError("the question holds control characters or invalid Unicode")
         if len(value) > MAX_QUESTION:
             raise ValueError(f"the question is longer than {MAX_QUESTION} characters")
         return value
@@ -281,6 +290,37 @@ def audit_view(detail: dict[str, Any], access: AccessFilter) -> dict[str, Any] |
     return out
 
 
+async def _within_categories(
+    conn: Any, access: AccessFilter, visible: list[tuple[Any, dict[str, Any]]]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Under a category-restricted scope, a reference of a restricted type stays only if this
+    session could read that resource (checked against the stored copy); a record about a hidden
+    resource goes."""
+    refs: set[tuple[str, str]] = set()
+    for _, detail in visible:
+        for value in detail.values():
+            items = value if isinstance(value, list) else [value]
+            refs |= {tuple(v.split("/", 1)) for v in items if _is_ref(v)}  # type: ignore[misc]
+    restricted = {(t, i) for t, i in refs if t in access.categories}
+    readable = await existing_refs(conn, access, restricted) if restricted else set()
+
+    def ok(ref: str) -> bool:
+        t, i = ref.split("/", 1)
+        return t not in access.categories or (t, i) in readable
+
+    out = []
+    for row, detail in visible:
+        about = detail.get("resource")
+        if _is_ref(about) and not ok(str(about)):
+            continue
+        cleaned = {
+            k: [v for v in val if not _is_ref(v) or ok(v)] if isinstance(val, list) else val
+            for k, val in detail.items()
+        }
+        out.append((row, cleaned))
+    return out
+
+
 @router.get(
     "/audit",
     responses={
@@ -304,8 +344,10 @@ async def audit_log(
             patient_id=session.patient_id,
             limit=max(1, min(limit, 1000)),
         )
-    views = [(r, audit_view(r["detail"] or {}, session.access)) for r in rows]
-    visible = [(r, d) for r, d in views if d is not None]  # None: a record about a hidden type
+        views = [(r, audit_view(r["detail"] or {}, session.access)) for r in rows]
+        visible = [(r, d) for r, d in views if d is not None]  # None: a record about a hidden type
+        if session.access.categories:  # granular scopes: hide what a category keeps out
+            visible = await _within_categories(conn, session.access, visible)
     if format == "fhir":
         events = [to_audit_event(r, d) for r, d in visible]
         body = validated(

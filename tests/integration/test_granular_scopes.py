@@ -289,3 +289,24 @@ def test_retrieval_sql_hides_vital_chunks_and_concepts(
     assert narrow_hits and narrow_hits <= labs
     assert narrow_concepts < wide_concepts
     assert not any("blood pressure" in c.lower() for c in narrow_concepts), narrow_concepts
+
+
+def test_narrow_audit_names_no_vital_sign(
+    granular: Granular, both: tuple[httpx2.Client, httpx2.Client, dict[str, Any]]
+) -> None:
+    """The full session reads and cites vital signs; the narrow session's audit view of the same
+    patient names none of them (neither in JSON nor in the FHIR AuditEvent export), yet keeps
+    the records and the labs."""
+    narrow, full, _ = both
+    vitals = granular.observations("vital-signs")
+    vital = min(vitals)
+    assert full.get(f"/api/resources/Observation/{vital}").status_code == 200
+    assert _cited(ask(full, "bp?").json()) & vitals
+    assert _cited(ask(narrow, "a1c?").json())
+    wide = json.dumps(full.get("/api/audit").json())
+    assert any(f"Observation/{v}" in wide for v in vitals)
+    for view in (narrow.get("/api/audit").json(), narrow.get("/api/audit?format=fhir").json()):
+        body = json.dumps(view)
+        assert not any(f"Observation/{v}" in body for v in vitals)
+    entries = narrow.get("/api/audit").json()["entries"]
+    assert any(e["action"] == "ask" for e in entries)
