@@ -17,7 +17,7 @@ from pathlib import Path
 from launch.db import Database, open_database, upgrade_database
 from launch.sandbox import SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
-from launch.settings import UNLIMITED, Settings
+from launch.settings import UNLIMITED, Settings, scratch_settings
 
 
 def pct(values: list[float], q: float) -> float:
@@ -45,7 +45,7 @@ def served_demo(
     """Start the whole demo in-process on a fresh embedded database; tear it all down after."""
     with tempfile.TemporaryDirectory(prefix="ccb-", dir="/tmp") as tmp:
         t0 = time.perf_counter()
-        settings = Settings(env="dev", data_dir=Path(tmp), port=free_port(), **UNLIMITED)
+        settings = scratch_settings(Path(tmp), port=free_port(), **UNLIMITED)
         database = open_database(settings)
 
         try:
@@ -97,9 +97,8 @@ def served_separately(*, patients: int, scale: float) -> Iterator[tuple[BenchDem
         t0 = time.perf_counter()
         app_port, ehr_port = free_port(), free_port()
         ehr = f"http://127.0.0.1:{ehr_port}"
-        settings = Settings(
-            env="dev",
-            data_dir=Path(tmp),
+        settings = scratch_settings(
+            Path(tmp),
             port=app_port,
             iss_allowlist=[f"{ehr}/fhir"],
             **UNLIMITED,

@@ -39,7 +39,7 @@ from launch.bench import pct
 from launch.db import Database, create_engine, open_database, upgrade_database
 from launch.importer import import_path
 from launch.sandbox import SandboxStore, generate_patients, load_fhir_dir
-from launch.settings import UNLIMITED, Settings
+from launch.settings import UNLIMITED, Settings, scratch_settings
 from rag import load_embedder
 from rag import repository as repo
 from rag.ask import answer_question
@@ -336,7 +336,7 @@ async def _bench(
 def _database(data_dir: Path | None) -> Iterator[tuple[Database, Settings]]:
     """The embedded database in ``data_dir`` (kept), or in a temporary folder (removed after)."""
     with tempfile.TemporaryDirectory(prefix="ccb-", dir="/tmp") as tmp:
-        settings = Settings(env="dev", data_dir=data_dir or Path(tmp), **UNLIMITED)
+        settings = scratch_settings(data_dir or Path(tmp), **UNLIMITED)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         database = open_database(settings)
         try:

@@ -292,11 +292,11 @@ async def _run(
     from fhir_adapters import AccessFilter, existing_refs
     from fhir_adapters.normalize import CLINICAL_TYPES, SUPPORT_TYPES
     from launch.db import create_engine, open_database, upgrade_database
-    from launch.settings import Settings
+    from launch.settings import scratch_settings
     from rag import load_embedder
     from rag.ask import answer_question
 
-    settings = Settings(env="dev", data_dir=work, database_url=None)
+    settings = scratch_settings(work, database_url=None)
     database = open_database(settings)
     try:
         await upgrade_database(database)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -24,6 +24,14 @@ def default_data_dir() -> Path:
 
 #: Benchmarks measure throughput, not the abuse limits: they run without them.
 UNLIMITED = {"rate_limit_session_per_minute": 0, "rate_limit_client_per_minute": 0}
+
+
+def scratch_settings(data_dir: Path, **values: Any) -> Settings:
+    """Dev settings for a scratch data dir (eval, benchmarks) that still use the one embedding
+    model setup built (``CHARTCITE_MODEL_DIR``, else under the configured data dir) instead of
+    expecting a model in the scratch dir."""
+    model_dir = Settings(env="dev").resolved_model_dir
+    return Settings(env="dev", data_dir=data_dir, model_dir=model_dir, **values)
 
 
 class EhrSettings(BaseModel):
