@@ -81,9 +81,9 @@ def build_demo(
 
     ``second_store``: a second, independent EHR at ``/ehr2`` (its own keys, tokens and patients —
     ids may overlap the first's), where chartcite is a confidential client (``client_secret_basic``
-    with a secret that needs form-encoding). ``third_store``: a third at ``/ehr3`` where chartcite is
-    confidential-asymmetric (``private_key_jwt``; the EHR reads its keys from
-    ``/.well-known/jwks.json``)."""
+    with a secret that needs form-encoding) and bearer tokens are verified by the EHR's JWKS.
+    ``third_store``: a third at ``/ehr3`` where chartcite is confidential-asymmetric
+    (``private_key_jwt``; the EHR reads its keys from ``/.well-known/jwks.json``)."""
     base = settings.base_url
     iss = f"{base}/ehr/fhir"
     if iss not in settings.iss_allowlist:
@@ -99,6 +99,13 @@ def build_demo(
                     client_id=settings.bulk_client_id,
                     redirect_uris=(),
                     client_secret=settings.resolved_bulk_secret(),
+                ),
+                # The same backend service as SMART Backend Services says: private_key_jwt,
+                # chartcite's keys read from its JWKS URL (CHARTCITE_BULK_AUTH_METHOD).
+                SandboxClient(
+                    client_id=f"{settings.bulk_client_id}-jwt",
+                    redirect_uris=(),
+                    jwks_uri=f"{base}/.well-known/jwks.json",
                 ),
             ),
             signing_key_path=settings.data_dir / "sandbox-signing-key.json",
@@ -117,6 +124,7 @@ def build_demo(
                 auth_method="client_secret_basic",
                 client_secret=SecretStr(SECOND_EHR_SECRET),
                 scope=settings.scopes,
+                token_format="jwt",  # its apps' bearer tokens are checked by its JWKS
                 name="second sandbox EHR",
             )
             settings = settings.model_copy(update={"ehrs": [*settings.ehrs, second]})

@@ -17,7 +17,7 @@ from smart_app import repository as repo
 from smart_app.audit import AuditRecord
 from smart_app.bearer import ISS_HEADER, challenge, insufficient_scope
 from smart_app.crypto import sha256_hex
-from smart_app.errors import Conflict, Forbidden, NotAuthenticated
+from smart_app.errors import AppError, Conflict, Forbidden, NotAuthenticated
 from smart_app.scopes import GrantedScopes
 from smart_app.state import AppState
 from smart_app.tokens import live_access_token
@@ -104,14 +104,23 @@ async def _bearer_session(state: AppState, request: Request, token: str) -> Sess
     """The session row behind an app's bearer token (made on first use, until the token's exp)."""
     verifier = state.bearer
     assert verifier is not None
-    grant = await verifier.check(token, request.headers.get(ISS_HEADER))
-    if not grant.patient:
-        raise insufficient_scope(
-            "the token has no patient context (a patient-level token is needed)"
-        )
-    scopes = GrantedScopes.parse(grant.scope)
-    if not scopes.readable_types(frozenset(CHART_TYPES)):
-        raise insufficient_scope("the token's scopes allow reading none of the patient's record")
+    try:
+        grant = await verifier.check(token, request.headers.get(ISS_HEADER))
+        if not grant.patient:
+            raise insufficient_scope(
+                "the token has no patient context (a patient-level token is needed)"
+            )
+        scopes = GrantedScopes.parse(grant.scope)
+        if not scopes.readable_types(frozenset(CHART_TYPES)):
+            raise insufficient_scope(
+                "the token's scopes allow reading none of the patient's record"
+            )
+    except AppError as exc:  # refused and audited (no token, no patient: the reason only)
+        async with state.engine.begin() as conn:
+            await repo.append_audit(
+                conn, AuditRecord("bearer", exc.code, detail={"reason": exc.message[:200]})
+            )
+        raise
     id_hash = sha256_hex("bearer:" + token)
     async with state.engine.connect() as conn:
         row = await repo.get_session(conn, id_hash)

@@ -297,10 +297,13 @@ def test_bearer_refusals(demo: RunningDemo, case: str, expect: int) -> None:
         token = _signed(demo)
     else:
         token = _signed(demo, patient=patient, scope="openid fhirUser")
+    outcome = "invalid_token" if expect == 401 else "insufficient_scope"
+    before = _audited(demo, "bearer", outcome)
     with _bearer(demo, token) as app:
         r = app.get("/api/context")
     assert r.status_code == expect, r.text
     code = r.json()["error"]["code"]
+    assert _audited(demo, "bearer", outcome) == before + 1  # refused and audited
     if expect == 401:
         assert code == "invalid_token"
         assert 'error="invalid_token"' in _challenge(r)
@@ -468,3 +471,33 @@ def test_ehr_signing_key_rotation_is_followed(demo: RunningDemo) -> None:
         assert final.status_code == 200, final.text[:300]
         jwks = client.get("/ehr/auth/jwks").json()
         assert jwks["keys"][0]["kid"] == new_kid
+
+
+def test_backend_services_with_private_key_jwt(demo: RunningDemo) -> None:
+    """SMART Backend Services: client_credentials, system/*.rs, authenticated by a private_key_jwt
+    assertion the EHR verifies with chartcite's published JWKS; the token then opens a $export."""
+    import asyncio
+
+    from smart_app.keys import AppKeys
+    from smart_app.oauth import ClientConfig, SmartClient
+
+    iss = demo.settings.base_url + "/ehr/fhir"
+    client_id = f"{demo.settings.bulk_client_id}-jwt"
+
+    async def token(scope: str) -> str:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            smart = SmartClient(http, keys=AppKeys.load_or_create(demo.settings.app_keys_path))
+            conf = await smart.discover(iss)
+            client = ClientConfig(client_id, "", scope, auth_method="private_key_jwt")
+            return (await smart.backend_token(conf, client, scope)).access_token
+
+    access = asyncio.run(token("system/*.rs"))
+    with httpx2.Client(timeout=30) as c:
+        kick = c.get(
+            f"{iss}/$export",
+            headers={"Authorization": f"Bearer {access}", "Prefer": "respond-async"},
+        )
+        assert kick.status_code == 202, kick.text[:300]
+    with pytest.raises(Exception) as refused:  # patient scopes are not for a backend service
+        asyncio.run(token("patient/*.rs"))
+    assert "ehr_" in getattr(refused.value, "code", "")

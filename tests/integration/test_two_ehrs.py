@@ -178,3 +178,97 @@ def test_private_key_jwt_launch_and_app_key_rotation(two_ehrs: TwoEhrs) -> None:
         assert final2.status_code == 200, final2.text[:300]
         published = {k["kid"] for k in again.get("/.well-known/jwks.json").json()["keys"]}
         assert new_kids <= published and len(published) == 4  # old ones kept until retired
+
+
+def _ehr2_token(base_url: str, patient: str, scope: str = "launch patient/*.rs") -> str:
+    """An access token EHR 2 issues to an app (here: chartcite-b's own code flow)."""
+    import base64
+    import hashlib
+    import secrets
+    from urllib.parse import parse_qs, quote_plus, urlsplit
+
+    from launch.server import SECOND_EHR_SECRET
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
+    redirect = base_url + "/callback"
+    with httpx2.Client(base_url=base_url, follow_redirects=False, timeout=30) as c:
+        launch = c.get(f"/ehr2/launch?patient={patient}")
+        launch_id = parse_qs(urlsplit(launch.headers["location"]).query)["launch"][0]
+        auth = c.get(
+            "/ehr2/auth/authorize",
+            params={
+                "response_type": "code",
+                "client_id": "chartcite-b",
+                "redirect_uri": redirect,
+                "scope": scope,
+                "state": secrets.token_urlsafe(16),
+                "aud": base_url + "/ehr2/fhir",
+                "launch": launch_id,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            },
+        )
+        code = parse_qs(urlsplit(auth.headers["location"]).query)["code"][0]
+        token = c.post(
+            "/ehr2/auth/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect,
+                "code_verifier": verifier,
+            },
+            # RFC 6749 §2.3.1: id and secret form-urlencoded before Basic (the secret has '+').
+            headers={
+                "Authorization": "Basic "
+                + base64.b64encode(f"chartcite-b:{quote_plus(SECOND_EHR_SECRET)}".encode()).decode()
+            },
+        )
+        token.raise_for_status()
+        return str(token.json()["access_token"])
+
+
+def test_bearer_tokens_of_a_jwt_ehr_are_checked_by_its_jwks(two_ehrs: TwoEhrs) -> None:
+    """EHR 2 is registered with token_format jwt: its tokens are verified against its JWKS (the
+    iss inside the token picks the EHR), and then act exactly like a session of EHR 2."""
+    token = _ehr2_token(two_ehrs.base_url, "pat-0003")
+    with httpx2.Client(
+        base_url=two_ehrs.base_url, timeout=60, headers={"Authorization": f"Bearer {token}"}
+    ) as app:
+        ctx = app.get("/api/context")
+        assert ctx.status_code == 200, ctx.text
+        assert ctx.json()["patient"] == "Patient/pat-0003" and ctx.json()["via"] == "bearer"
+        assert sync_patient(app, full=True)["status"] == "done"
+        meds2 = {m["id"] for m in owned(two_ehrs.store2, "pat-0003", "MedicationRequest")}
+        cited = {
+            c.split("/", 1)[1]
+            for c in ask(app, "meds").json()["citations"]
+            if c.startswith("MedicationRequest/")
+        }
+        assert cited <= meds2
+    # The same token with one byte changed no longer verifies.
+    head, body, sig = token.split(".")
+    tampered = ".".join([head, body, ("A" if sig[0] != "A" else "B") + sig[1:]])
+    with httpx2.Client(
+        base_url=two_ehrs.base_url, timeout=30, headers={"Authorization": f"Bearer {tampered}"}
+    ) as app:
+        r = app.get("/api/context")
+        assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize("ehr", ["/ehr2", "/ehr3"], ids=["secret-basic", "private-key-jwt"])
+def test_standalone_launch_with_a_confidential_client(two_ehrs: TwoEhrs, ehr: str) -> None:
+    """Standalone patient launch (no EHR launch id: launch/patient, the EHR picks the patient)
+    for both confidential client types."""
+    from launch.demo_client import follow_launch
+
+    store = two_ehrs.store2 if ehr == "/ehr2" else None
+    with httpx2.Client(base_url=two_ehrs.base_url, follow_redirects=False, timeout=30) as c:
+        final = follow_launch(c, f"/launch?iss={two_ehrs.base_url}{ehr}/fhir")
+        assert final.status_code == 200, final.text[:300]
+        ctx = c.get("/api/context").json()
+        assert ctx["patient"].startswith("Patient/pat-")
+        if store is not None:
+            assert ctx["patient"] == f"Patient/{store.patients()[0]['id']}"
