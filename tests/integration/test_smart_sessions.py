@@ -3,8 +3,6 @@ access for apps — all through HTTP against the demo (app + sandbox EHR)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import secrets
 import time
@@ -19,7 +17,7 @@ from launch.demo_client import ask, follow_launch, launch_patient, session_of, s
 from launch.sandbox.keys import SigningKey
 from tests.conftest import RunningDemo
 from tests.integration.conftest import Synced
-from tests.integration.helpers import owned
+from tests.integration.helpers import code_flow_token, owned
 
 
 def _patients(demo: RunningDemo) -> list[str]:
@@ -182,46 +180,11 @@ def test_audit_and_context_show_only_readable_types(
 # -- bearer tokens of FHIR-aware apps ---------------------------------------------------------------
 
 
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
 def app_token(demo: RunningDemo, patient: str, scope: str = "launch patient/*.rs") -> str:
     """An access token the sandbox EHR issues to an app by its own authorization-code flow."""
-    iss = demo.settings.base_url + "/ehr/fhir"
-    verifier, challenge = _pkce()
-    with httpx2.Client(base_url=demo.base_url, follow_redirects=False, timeout=30) as c:
-        launch = c.get(f"/ehr/launch?patient={patient}")
-        launch_id = parse_qs(urlsplit(launch.headers["location"]).query)["launch"][0]
-        auth = c.get(
-            "/ehr/auth/authorize",
-            params={
-                "response_type": "code",
-                "client_id": demo.settings.client_id,
-                "redirect_uri": demo.settings.redirect_uri,
-                "scope": scope,
-                "state": secrets.token_urlsafe(16),
-                "aud": iss,
-                "launch": launch_id,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-            },
-        )
-        code = parse_qs(urlsplit(auth.headers["location"]).query)["code"][0]
-        token = c.post(
-            "/ehr/auth/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": demo.settings.redirect_uri,
-                "client_id": demo.settings.client_id,
-                "code_verifier": verifier,
-            },
-        )
-        token.raise_for_status()
-        return str(token.json()["access_token"])
+    return code_flow_token(
+        demo.base_url, "/ehr", patient, client_id=demo.settings.client_id, scope=scope
+    )
 
 
 def _bearer(demo: RunningDemo, token: str, **headers: str) -> httpx2.Client:

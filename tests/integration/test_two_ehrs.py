@@ -27,7 +27,7 @@ from launch.settings import Settings
 from smart_app.ehrs import source_key
 from smart_app.keys import AppKeys
 from tests.conftest import migrated_scratch_database
-from tests.integration.helpers import owned
+from tests.integration.helpers import code_flow_token, owned
 
 
 @dataclass
@@ -180,54 +180,13 @@ def test_private_key_jwt_launch_and_app_key_rotation(two_ehrs: TwoEhrs) -> None:
         assert new_kids <= published and len(published) == 4  # old ones kept until retired
 
 
-def _ehr2_token(base_url: str, patient: str, scope: str = "launch patient/*.rs") -> str:
+def _ehr2_token(base_url: str, patient: str) -> str:
     """An access token EHR 2 issues to an app (here: chartcite-b's own code flow)."""
-    import base64
-    import hashlib
-    import secrets
-    from urllib.parse import parse_qs, quote_plus, urlsplit
-
     from launch.server import SECOND_EHR_SECRET
 
-    verifier = secrets.token_urlsafe(48)
-    challenge = (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return code_flow_token(
+        base_url, "/ehr2", patient, client_id="chartcite-b", secret=SECOND_EHR_SECRET
     )
-    redirect = base_url + "/callback"
-    with httpx2.Client(base_url=base_url, follow_redirects=False, timeout=30) as c:
-        launch = c.get(f"/ehr2/launch?patient={patient}")
-        launch_id = parse_qs(urlsplit(launch.headers["location"]).query)["launch"][0]
-        auth = c.get(
-            "/ehr2/auth/authorize",
-            params={
-                "response_type": "code",
-                "client_id": "chartcite-b",
-                "redirect_uri": redirect,
-                "scope": scope,
-                "state": secrets.token_urlsafe(16),
-                "aud": base_url + "/ehr2/fhir",
-                "launch": launch_id,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-            },
-        )
-        code = parse_qs(urlsplit(auth.headers["location"]).query)["code"][0]
-        token = c.post(
-            "/ehr2/auth/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": redirect,
-                "code_verifier": verifier,
-            },
-            # RFC 6749 §2.3.1: id and secret form-urlencoded before Basic (the secret has '+').
-            headers={
-                "Authorization": "Basic "
-                + base64.b64encode(f"chartcite-b:{quote_plus(SECOND_EHR_SECRET)}".encode()).decode()
-            },
-        )
-        token.raise_for_status()
-        return str(token.json()["access_token"])
 
 
 def test_bearer_tokens_of_a_jwt_ehr_are_checked_by_its_jwks(two_ehrs: TwoEhrs) -> None:
