@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from launch.settings import Settings
 
 
@@ -24,8 +26,13 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
         values["host"] = args.host
     try:
         return Settings(**values)
-    except ValueError as exc:
-        sys.exit(f"chartcite: invalid settings: {exc}")
+    except ValidationError as exc:  # one line, every problem (pydantic's text spans many)
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{where.upper() and 'CHARTCITE_' + where.upper() + ': '}{msg}")
+        sys.exit("chartcite: invalid settings: " + "; ".join(problems))
 
 
 async def _upgrade(settings: Settings, database: Any = None) -> tuple[str | None, str]:
@@ -384,6 +391,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def preflight(settings: Settings) -> str | None:
+    """What would stop the server from starting, as one line naming the fix (instead of a
+    traceback from inside the ASGI lifespan)."""
+    import binascii
+
+    from launch.app import token_key
+    from launch.db import DatabaseError, open_database, require_migrated_database
+    from smart_app.crypto import TokenCipher
+
+    try:
+        TokenCipher.from_b64(
+            token_key(settings), tuple(k.get_secret_value() for k in settings.token_keys_retired)
+        )
+    except (ValueError, binascii.Error, RuntimeError):
+        return (
+            "CHARTCITE_TOKEN_KEY is not base64 of 32 bytes "
+            '(make one: python -c "import secrets,base64;print(base64.b64encode(secrets.token_bytes(32)).decode())")'
+        )
+    if not settings.resolved_model_dir.exists():
+        return f"no embedding model at {settings.resolved_model_dir}: run chartcite model build"
+    try:
+        database = open_database(settings)
+        asyncio.run(require_migrated_database(database))
+    except DatabaseError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"the database is unreachable ({type(exc).__name__}): check DATABASE_URL"
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -392,6 +429,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure()
     settings = _settings(args)
+    problem = preflight(settings)
+    if problem:
+        print(f"chartcite: {problem}", file=sys.stderr)
+        return 2
     _exit_cleanly_on_signals()
     uvicorn.run(
         create_app(settings),
