@@ -43,6 +43,9 @@ WHY = {
 }
 
 
+FHIR_JSON = ("/api/audit", "/api/resources/{resource_type}/{resource_id}")
+
+
 def _statuses(path: str, method: str) -> list[str]:
     statuses = ["405", "422", "500"]
     if path.startswith("/api"):
@@ -71,11 +74,25 @@ def truthful_openapi(app: FastAPI) -> dict[str, Any]:
     schemas.pop("ValidationError", None)
     schemas["Error"] = ERROR_SCHEMA
     ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    page = {"text/html": {"schema": {"type": "string"}}}  # the browser-facing launch pages
     for path, ops in doc.get("paths", {}).items():
+        browser = path in ("/launch", "/callback")
         for method, op in ops.items():
             responses = op.setdefault("responses", {})
             for status in _statuses(path, method):
-                responses[status] = {"description": WHY[status], "content": ref}
+                content = page if browser and status not in ("405",) else ref
+                responses[status] = {"description": WHY[status], "content": content}
+            if path in FHIR_JSON and "200" in responses:  # FHIR bodies as FHIR says
+                content = responses["200"].setdefault("content", {})
+                content["application/fhir+json"] = {"schema": {"type": "object"}}
+                if path.startswith("/api/resources"):
+                    content.pop("application/json", None)
+            if browser:
+                responses.pop("200", None)
+                responses["302"] = {
+                    "description": "Redirect: to the EHR's authorize endpoint (/launch) or to "
+                    "the page with the new session in the URL fragment (/callback)"
+                }
     app.openapi_schema = doc
     return doc
 
