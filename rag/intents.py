@@ -54,7 +54,8 @@ _SEX_QUESTION = (
 _KIND_PATTERNS = {
     "medications": r"medication|medicine|\bdrugs?\b|prescri|\bmeds?\b|\brx\b|taking|pharmac|"
     r"\bdose\b|dosage|\bon any\b",
-    "conditions": r"condition|diagnos|problem|disease|comorbid|medical history|\bdx\b|\bpmh\b",
+    "conditions": r"condition|diagnos|problem|disease|comorbid|medical history|\bdx\b|\bpmh\b|"
+    r"\b(?:medical|health|ongoing|active|current|chronic) issues\b",
     "allergies": r"allerg|intoleran|adverse reaction|\bnkda\b",
     "immunizations": r"immuni[sz]|vaccin|\bshots?\b|\bjabs?\b|\bvaxx?\b",
     "procedures": r"procedure|\bprocs?\b|surger|surgical|operation|operated",
@@ -141,7 +142,7 @@ _LATEST = re.compile(
 )
 _FIRST = re.compile(r"\b(first|earliest|initial|oldest|original|baseline)\b")
 _HIGHEST = re.compile(r"\b(highest|max|maximum|peak|largest|worst)\b")
-_LOWEST = re.compile(r"\b(lowest|min|minimum|smallest)\b")
+_LOWEST = re.compile(r"\b(lowest|min|minimum|smallest|nadir)\b")
 _COUNTED = (
     r"visits?|encounters?|appointments?|appts?|admissions?|hospitali[sz]ations?|procedures?|"
     r"procs?|surger(?:y|ies)|prescriptions?|orders?|vaccines?|vaccinations?|shots?|"
@@ -386,8 +387,22 @@ def _retarget(mentions: list[Mention], q: str, lex: Lexicon) -> list[Mention]:
     return out
 
 
+_NOW_PHRASES = re.compile(r"\b(?:right now|at the moment|at present|these days)\b", re.IGNORECASE)
+
+
+def _counts(q: str, masked: str, mentions: tuple[Mention, ...]) -> bool:
+    """A count question — but "count" inside a named item ("white count") is not one."""
+    m = _COUNT.search(q)
+    if m is None:
+        return False
+    if m.group(0) == "count" and any("count" in masked[x.start : x.end] for x in mentions):
+        return _COUNT.search(q, m.end()) is not None
+    return True
+
+
 def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> Intent:
     lex = lex or lexicon()
+    question = _NOW_PHRASES.sub("now", question)  # "right now" is a time, not a body side
     question = correct_typos(question, lex)
     q = " ".join(question.lower().split())
     kinds = {kind for kind, pattern in _KIND_PATTERNS.items() if re.search(pattern, q)}
@@ -428,7 +443,7 @@ def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> 
         until=until,
         terms=terms(question),
         op=op,
-        count=_COUNT.search(q) is not None,
+        count=_counts(q, masked, mentions),
         series=bool(_SERIES.search(q)) or since is not None or until is not None,
         emergency=_EMERGENCY.search(q) is not None,
         ambulatory=_AMBULATORY.search(q) is not None,
@@ -444,6 +459,7 @@ def parse_question(question: str, now: datetime, lex: Lexicon | None = None) -> 
 _KIND_WORDS = wordset(
     normalize(
         "vitals vital signs bloodwork work laboratory laboratories reaction reactions adverse "
+        "issues issue health ongoing presently still "
         "intolerance intolerances history medical comorbidities comorbidity surgical operated "
         "operations pharmacy narrative counseling counselling followup follow steps impression "
         "subjective hpi complaint chief birth born birthday old age sex gender mrn name number "

@@ -122,3 +122,39 @@ def test_known_and_hx_ask_whether_it_is_there(question: str) -> None:
     intent = packaged(question)
     assert intent.exists and "conditions" in intent.kinds
     assert [m.entry.kind for m in intent.mentions] == ["condition"]
+
+
+def test_right_now_is_a_time_not_a_body_side() -> None:
+    intent = packaged("whats pt taking right now")
+    assert intent.kinds == frozenset({"medications"}) and intent.status == "active"
+    assert not intent.mentions and "right" not in intent.words
+
+
+@pytest.mark.parametrize("question", ["ongoing medical issues", "current health issues"])
+def test_medical_issues_are_the_problem_list(question: str) -> None:
+    intent = packaged(question)
+    assert intent.kinds == frozenset({"conditions"}) and intent.status == "active"
+    assert not intent.words  # nothing left to look up: the active list, not "no ongoing …"
+
+
+def test_nadir_is_the_lowest() -> None:
+    intent = packaged("sodium nadir")
+    assert intent.op == "lowest" and [m.entry.id for m in intent.mentions] == ["sodium"]
+
+
+def test_count_inside_a_lab_name_is_not_a_count_question() -> None:
+    assert packaged("lowest white count").count is False
+    assert packaged("lowest white count").op == "lowest"
+    assert packaged("how many visits this year").count is True
+    assert packaged("count of er visits").count is True
+
+
+@pytest.mark.parametrize(
+    ("question", "entry"),
+    [
+        ("first trig on file", "triglycerides"),
+        ("latest microalbumin/creatinine", "uacr"),
+    ],
+)
+def test_lab_shorthand_names_one_lab(question: str, entry: str) -> None:
+    assert [m.entry.id for m in packaged(question).mentions] == [entry]
