@@ -115,61 +115,40 @@ def build_demo(
     )
     faults = FaultPlan()
     mounts: dict[str, ASGIApp] = {"/ehr": FaultInjector(sandbox, faults)}
+    extra = []
     if second_store is not None:
-        iss2 = f"{base}/ehr2/fhir"
-        if not any(e.iss.rstrip("/") == iss2 for e in settings.ehrs):
-            second = EhrSettings(
-                iss=iss2,
-                client_id="chartcite-b",
-                auth_method="client_secret_basic",
-                client_secret=SecretStr(SECOND_EHR_SECRET),
-                scope=settings.scopes,
-                token_format="jwt",  # its apps' bearer tokens are checked by its JWKS
-                name="second sandbox EHR",
-            )
-            settings = settings.model_copy(update={"ehrs": [*settings.ehrs, second]})
-        mounts["/ehr2"] = create_sandbox_app(
-            SandboxConfig(
-                base_url=f"{base}/ehr2",
-                app_launch_url=f"{base}/launch",
-                clients=(
-                    SandboxClient(
-                        client_id="chartcite-b",
-                        redirect_uris=(settings.redirect_uri,),
-                        client_secret=SECOND_EHR_SECRET,
-                    ),
-                ),
-                signing_key_path=settings.data_dir / "sandbox2-signing-key.json",
-                access_token_ttl=token_ttl,
-            ),
-            second_store,
-        )
+        extra.append(("/ehr2", second_store, "chartcite-b", "second sandbox EHR"))
     if third_store is not None:
-        iss3 = f"{base}/ehr3/fhir"
-        if not any(e.iss.rstrip("/") == iss3 for e in settings.ehrs):
-            third = EhrSettings(
-                iss=iss3,
-                client_id="chartcite-c",
-                auth_method="private_key_jwt",
-                scope=settings.scopes,
-                name="third sandbox EHR",
-            )
-            settings = settings.model_copy(update={"ehrs": [*settings.ehrs, third]})
-        mounts["/ehr3"] = create_sandbox_app(
+        extra.append(("/ehr3", third_store, "chartcite-c", "third sandbox EHR"))
+    for path, extra_store, client_id, name in extra:
+        asymmetric = path == "/ehr3"
+        registration = EhrSettings(
+            iss=f"{base}{path}/fhir",
+            client_id=client_id,
+            auth_method="private_key_jwt" if asymmetric else "client_secret_basic",
+            client_secret=None if asymmetric else SecretStr(SECOND_EHR_SECRET),
+            scope=settings.scopes,
+            # EHR 2's apps' bearer tokens are checked by its JWKS, EHR 3's by introspection.
+            token_format="opaque" if asymmetric else "jwt",
+            name=name,
+        )
+        if not any(e.iss.rstrip("/") == registration.iss for e in settings.ehrs):
+            settings = settings.model_copy(update={"ehrs": [*settings.ehrs, registration]})
+        client = SandboxClient(
+            client_id=client_id,
+            redirect_uris=(settings.redirect_uri,),
+            client_secret=None if asymmetric else SECOND_EHR_SECRET,
+            jwks_uri=f"{base}/.well-known/jwks.json" if asymmetric else None,
+        )
+        mounts[path] = create_sandbox_app(
             SandboxConfig(
-                base_url=f"{base}/ehr3",
+                base_url=f"{base}{path}",
                 app_launch_url=f"{base}/launch",
-                clients=(
-                    SandboxClient(
-                        client_id="chartcite-c",
-                        redirect_uris=(settings.redirect_uri,),
-                        jwks_uri=f"{base}/.well-known/jwks.json",
-                    ),
-                ),
-                signing_key_path=settings.data_dir / "sandbox3-signing-key.json",
+                clients=(client,),
+                signing_key_path=settings.data_dir / f"sandbox{path[-1]}-signing-key.json",
                 access_token_ttl=token_ttl,
             ),
-            third_store,
+            extra_store,
         )
     app = create_app(
         settings,

@@ -267,22 +267,10 @@ class SmartClient:
             raise UpstreamError(
                 "the EHR offers no token introspection", code="ehr_no_introspection"
             )
-        form = {"token": token, "token_type_hint": "access_token"}
-        headers = {"Accept": "application/json"}
-        method = client.method
-        if method == "client_secret_basic":
-            headers["Authorization"] = _basic(client.client_id, client.client_secret or "")
-        elif method == "client_secret_post":
-            form |= {"client_id": client.client_id, "client_secret": client.client_secret or ""}
-        elif method == "private_key_jwt" and self._keys is not None:
-            form |= {
-                "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": self._keys.client_assertion(
-                    client.client_id, conf.introspection_endpoint
-                ),
-            }
-        else:
-            form["client_id"] = client.client_id
+        form, headers = self._client_auth(
+            client, conf.introspection_endpoint, {"token": token, "token_type_hint": "access_token"}
+        )
+        headers["Accept"] = "application/json"
         try:
             resp = await self._http.post(conf.introspection_endpoint, data=form, headers=headers)
         except httpx2.HTTPError:
@@ -302,11 +290,11 @@ class SmartClient:
             )
         return body
 
-    async def revoke(self, conf: SmartConfiguration, client: ClientConfig, token: str) -> bool:
-        """RFC 7009 revocation, best effort (logout); ``False`` when not possible."""
-        if not conf.revocation_endpoint:
-            return False
-        form = {"token": token}
+    def _client_auth(
+        self, client: ClientConfig, endpoint: str, form: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The form and headers of a call to an EHR endpoint other than the token endpoint
+        (introspection, revocation), authenticated as the registration says."""
         headers: dict[str, str] = {}
         if client.method == "client_secret_basic":
             headers["Authorization"] = _basic(client.client_id, client.client_secret or "")
@@ -315,12 +303,17 @@ class SmartClient:
         elif client.method == "private_key_jwt" and self._keys is not None:
             form |= {
                 "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": self._keys.client_assertion(
-                    client.client_id, conf.revocation_endpoint
-                ),
+                "client_assertion": self._keys.client_assertion(client.client_id, endpoint),
             }
-        else:
+        else:  # a public client can only name itself
             form["client_id"] = client.client_id
+        return form, headers
+
+    async def revoke(self, conf: SmartConfiguration, client: ClientConfig, token: str) -> bool:
+        """RFC 7009 revocation, best effort (logout); ``False`` when not possible."""
+        if not conf.revocation_endpoint:
+            return False
+        form, headers = self._client_auth(client, conf.revocation_endpoint, {"token": token})
         try:
             resp = await self._http.post(conf.revocation_endpoint, data=form, headers=headers)
         except httpx2.HTTPError:

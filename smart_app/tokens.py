@@ -70,7 +70,8 @@ async def live_access_token(
         )
     now = datetime.now(UTC)
     if row.kind == "bearer":  # an app's own token: no refresh here, it presents a new one
-        if _expiring(row, now - REFRESH_MARGIN) or force_refresh:
+        expired = row.token_expires_at is not None and row.token_expires_at <= now
+        if expired or force_refresh:
             raise NotAuthenticated(
                 "the bearer token expired", code="invalid_token", headers=_bearer_invalid()
             )
