@@ -38,7 +38,7 @@ from smart_app.bearer import BearerVerifier
 from smart_app.ehrs import EhrRegistration, EhrRegistry, normalise_iss
 from smart_app.guard import Guard, GuardConfig, origin
 from smart_app.keys import AppKeys
-from smart_app.routes_web import page_csp
+from smart_app.pages import page_csp
 
 log = logging.getLogger("chartcite")
 
@@ -123,7 +123,11 @@ def app_config(settings: Settings) -> AppConfig:
 
 def guard_config(settings: Settings) -> GuardConfig:
     """Limits and headers (``smart_app/guard.py``): the page may be framed by registered EHRs."""
-    ehr_origins = sorted({origin(r.iss) for r in registrations(settings)})
+    ehr_origins = sorted(
+        {origin(r.iss) for r in registrations(settings)}
+        | {o.rstrip("/") for e in settings.ehrs for o in e.frame_origins}
+        | {o.rstrip("/") for o in settings.frame_ancestors}
+    )
     return GuardConfig(
         max_body_bytes=settings.max_body_bytes,
         session_per_minute=settings.rate_limit_session_per_minute,

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
@@ -88,6 +89,13 @@ def build_demo(
     iss = f"{base}/ehr/fhir"
     if iss not in settings.iss_allowlist:
         settings = settings.model_copy(update={"iss_allowlist": [*settings.iss_allowlist, iss]})
+    embedding = _loopback_twin(base)
+    if embedding and embedding not in settings.frame_ancestors:
+        # The sandbox's embedded-EHR page (``/ehr/embedded``) opened as http://localhost:PORT
+        # frames the app at 127.0.0.1: another site, as in a real EHR.
+        settings = settings.model_copy(
+            update={"frame_ancestors": [*settings.frame_ancestors, embedding]}
+        )
     sandbox = create_sandbox_app(
         SandboxConfig(
             base_url=f"{base}/ehr",
@@ -157,6 +165,14 @@ def build_demo(
         on_ready=on_ready,  # type: ignore[arg-type]
     )
     return Demo(settings=settings, app=app, store=store, faults=faults)
+
+
+def _loopback_twin(base: str) -> str | None:
+    """``http://localhost:PORT`` for an app served at ``http://127.0.0.1:PORT``, else ``None``."""
+    parts = urlsplit(base)
+    if parts.hostname != "127.0.0.1":
+        return None
+    return f"{parts.scheme}://localhost" + (f":{parts.port}" if parts.port else "")
 
 
 class BackgroundServer:

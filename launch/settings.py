@@ -9,12 +9,27 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SCOPES = "launch openid fhirUser offline_access patient/*.rs"
+
+
+def is_web_origin(value: str) -> bool:
+    """``scheme://host[:port]`` with an http(s) scheme and nothing after (a CSP source origin)."""
+    parts = urlsplit(value)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and not parts.username
+        and not any(c in value for c in " ;,'\"")
+    )
 
 
 def default_data_dir() -> Path:
@@ -51,6 +66,9 @@ class EhrSettings(BaseModel):
     """How bearer tokens from this EHR are checked: RFC 7662 introspection, or its JWKS."""
     allow_without_pkce: bool = False
     name: str = ""
+    frame_origins: list[str] = Field(default_factory=list)
+    """Web origins of this EHR's user interface that embed chartcite in an iframe, when they
+    differ from the origin of its FHIR base (``https://ehr.example.org``): ``frame-ancestors``."""
 
 
 class Settings(BaseSettings):
@@ -142,9 +160,19 @@ class Settings(BaseSettings):
     """A ``Retry-After`` longer than this fails the request instead of stalling the sync."""
     fhir_url_aliases: dict[str, list[str]] = Field(default_factory=dict)
     """Other public addresses of an EHR's FHIR base (``{iss: [alias, ...]}``) whose links are followed."""
+    frame_ancestors: list[str] = Field(default_factory=list)
+    """More web origins that may embed the page (``frame-ancestors``), besides each registered
+    EHR's FHIR-base origin and its ``frame_origins``."""
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        origins = [*self.frame_ancestors, *(o for e in self.ehrs for o in e.frame_origins)]
+        bad = [o for o in origins if not is_web_origin(o)]
+        if bad:
+            raise ValueError(
+                "frame_ancestors / frame_origins take web origins (scheme://host[:port], "
+                "nothing after): " + ", ".join(repr(o[:80]) for o in bad)
+            )
         if self.env != "dev":
             missing = []  # every missing setting at once, not one per attempt
             if self.token_key is None:

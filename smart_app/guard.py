@@ -21,7 +21,6 @@ uvicorn, whose own handler prints a full traceback (with SQL parameters, hence P
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import math
@@ -35,6 +34,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from smart_app.pages import error_page
 
 log = logging.getLogger("chartcite.errors")
 BROWSER_PATHS = ("/launch", "/callback")
@@ -168,13 +169,14 @@ class Guard:
                     break
             body = b"".join(chunks)
             replayed = False
+            upstream = receive  # not ``receive``: that name is rebound to replay below
 
             async def replay() -> Message:
                 nonlocal replayed
                 if not replayed:
                     replayed = True
                     return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
+                return await upstream()
 
             receive = replay
 
@@ -252,12 +254,8 @@ class Guard:
         extra: dict[str, str] | None = None,
     ) -> None:
         path: str = scope.get("path", "")
-        if path in BROWSER_PATHS:
-            body = (
-                "<!doctype html><html><head><meta charset='utf-8'><title>chartcite</title></head>"
-                f"<body><h1>chartcite could not start</h1><p>{html.escape(message)}</p>"
-                f"<p>Error code: <code>{html.escape(code)}</code> (HTTP {status})</p></body></html>"
-            ).encode()
+        if path in BROWSER_PATHS and scope.get("method") in ("GET", "HEAD"):
+            body = error_page(status, code, message).encode()
             ctype = b"text/html; charset=utf-8"
         else:
             body = json.dumps({"error": {"code": code, "message": message}}).encode()

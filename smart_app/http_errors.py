@@ -1,10 +1,9 @@
 """The one place errors become HTTP responses: JSON ``{"error": {code, message}}`` for the API,
-a small HTML page for the browser-facing ``/launch`` and ``/callback``. Never a stack trace.
+a small HTML page for the browser-facing ``GET /launch`` and ``GET /callback``. Never a stack trace.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import uuid
 
@@ -16,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fhir_adapters import FhirAdapterError
 from rag import RagError
 from smart_app.errors import AppError
+from smart_app.pages import error_page
 
 log = logging.getLogger("chartcite.errors")
 BROWSER_PATHS = ("/launch", "/callback")
@@ -28,16 +28,9 @@ def error_response(
     message: str,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    if request.url.path in BROWSER_PATHS:
-        body = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>chartcite: launch failed</title>"
-            "<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;color:#222}"
-            "code{background:#f3f3f3;padding:.1rem .3rem}</style></head><body>"
-            f"<h1>chartcite could not start</h1><p>{html.escape(message)}</p>"
-            f"<p>Error code: <code>{html.escape(code)}</code> (HTTP {status})</p>"
-            "<p>Close this window and launch chartcite again from your EHR.</p></body></html>"
-        )
-        return HTMLResponse(body, status_code=status, headers=headers)
+    if request.url.path in BROWSER_PATHS and request.method in ("GET", "HEAD"):
+        page = error_page(status, code, message)
+        return HTMLResponse(page, status_code=status, headers=headers)
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
@@ -71,6 +64,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's "error parsing the body" (bytes that are not UTF-8): invalid input,
+            # answered like a body that is not JSON (422), as the contract says.
+            message = "the request body is not valid UTF-8 JSON"
+            return error_response(request, 422, "invalid_request", message)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         # Keep the exception's headers: a 405 names the allowed methods (RFC 9110 §15.5.6).

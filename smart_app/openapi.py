@@ -58,6 +58,8 @@ def _statuses(path: str, method: str) -> list[str]:
             statuses.append("502")
     if path in ("/launch", "/callback"):
         statuses += ["400", "403", "502"]
+        if method == "post":
+            statuses.append("413")
     if path == "/logout":
         statuses += ["401"]
     return sorted(set(statuses))
@@ -76,22 +78,27 @@ def truthful_openapi(app: FastAPI) -> dict[str, Any]:
     ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     page = {"text/html": {"schema": {"type": "string"}}}  # the browser-facing launch pages
     for path, ops in doc.get("paths", {}).items():
-        browser = path in ("/launch", "/callback")
         for method, op in ops.items():
+            browser = path in ("/launch", "/callback") and method == "get"
             responses = op.setdefault("responses", {})
             for status in _statuses(path, method):
                 content = page if browser and status not in ("405",) else ref
                 responses[status] = {"description": WHY[status], "content": content}
             if path in FHIR_JSON and "200" in responses:  # FHIR bodies as FHIR says
                 content = responses["200"].setdefault("content", {})
-                content["application/fhir+json"] = {"schema": {"type": "object"}}
+                content.setdefault("application/fhir+json", {"schema": {"type": "object"}})
                 if path.startswith("/api/resources"):
                     content.pop("application/json", None)
             if browser:
-                responses.pop("200", None)
+                responses["200"] = {
+                    "description": "For a browser: the page that binds the launch to its tab "
+                    "and goes on to the EHR (/launch), or finishes the sign-in through POST "
+                    "/callback (/callback)",
+                    "content": page,
+                }
                 responses["302"] = {
-                    "description": "Redirect: to the EHR's authorize endpoint (/launch) or to "
-                    "the page with the new session in the URL fragment (/callback)"
+                    "description": "For other clients: redirect to the EHR's authorize endpoint "
+                    "(/launch) or to the page with the new session in the URL fragment (/callback)"
                 }
     app.openapi_schema = doc
     return doc

@@ -20,6 +20,15 @@ from fhir_adapters import (
 )
 from rag import AnswerBody, answer_question, get_answer
 from smart_app import repository as repo
+from smart_app.api_models import (
+    AuditEntries,
+    ContextBody,
+    FhirResource,
+    Health,
+    Readiness,
+    SyncRunBody,
+    json_schema,
+)
 from smart_app.audit_fhir import bundle as fhir_bundle
 from smart_app.audit_fhir import to_audit_event, validated
 from smart_app.bearer import insufficient_scope
@@ -119,7 +128,7 @@ async def _audit(
         )
 
 
-@router.get("/context")
+@router.get("/context", response_model=ContextBody)
 async def context(request: Request, session: Session) -> dict[str, Any]:
     """The launch context: patient, user, granted scopes, and a banner from the synced Patient."""
     async with app_state(request).engine.connect() as conn:
@@ -159,7 +168,23 @@ class SyncRequest(BaseModel):
     )
 
 
-@router.post("/sync", status_code=202)
+@router.post(
+    "/sync",
+    status_code=202,
+    response_model=SyncRunBody,
+    responses={
+        202: {
+            "description": "The run started (or the one already running)",
+            "headers": {"Location": {"schema": {"type": "string"}, "description": "its status"}},
+            "links": {
+                "SyncStatus": {
+                    "operationId": "sync_status_api_sync__sync_id__get",
+                    "parameters": {"sync_id": "$response.body#/id"},
+                }
+            },
+        }
+    },
+)
 async def start_sync(
     request: Request, session: Session, body: SyncRequest | None = None
 ) -> JSONResponse:
@@ -181,7 +206,7 @@ async def start_sync(
     )
 
 
-@router.get("/sync/{sync_id}")
+@router.get("/sync/{sync_id}", response_model=SyncRunBody)
 async def sync_status(request: Request, sync_id: str, session: Session) -> dict[str, Any]:
     try:
         key = uuid.UUID(sync_id)
@@ -194,7 +219,21 @@ async def sync_status(request: Request, sync_id: str, session: Session) -> dict[
     return _sync_json(run, session.access)
 
 
-@router.post("/ask", response_model=AnswerBody)
+@router.post(
+    "/ask",
+    response_model=AnswerBody,
+    responses={
+        200: {
+            "description": "The answer, with every citation checked",
+            "links": {
+                "AnswerAgain": {
+                    "operationId": "get_answer_again_api_answers__answer_id__get",
+                    "parameters": {"answer_id": "$response.body#/answer_id"},
+                }
+            },
+        }
+    },
+)
 async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBody:
     """Answer a question about the launched patient with validated citations."""
     state = app_state(request)
@@ -230,7 +269,7 @@ async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBod
     return answer
 
 
-@router.get("/answers/{answer_id}")
+@router.get("/answers/{answer_id}", response_model=AnswerBody)
 async def get_answer_again(request: Request, answer_id: str, session: Session) -> dict[str, Any]:
     try:
         key = uuid.UUID(answer_id)
@@ -245,7 +284,16 @@ async def get_answer_again(request: Request, answer_id: str, session: Session) -
     return body
 
 
-@router.get("/resources/{resource_type}/{resource_id}")
+@router.get(
+    "/resources/{resource_type}/{resource_id}",
+    response_class=JSONResponse,
+    responses={
+        200: {
+            "description": "The stored resource, as the EHR sent it",
+            "content": {"application/fhir+json": {"schema": json_schema(FhirResource)}},
+        }
+    },
+)
 async def read_resource(
     request: Request, resource_type: str, resource_id: str, session: Session
 ) -> JSONResponse:
@@ -323,10 +371,12 @@ async def _within_categories(
 
 @router.get(
     "/audit",
+    response_model=AuditEntries,
     responses={
         200: {
             "description": "``{entries: [...]}``; with ``format=fhir`` a FHIR R4 Bundle "
             "(searchset) of AuditEvent resources (application/fhir+json)",
+            "content": {"application/fhir+json": {"schema": json_schema(FhirResource)}},
         }
     },
 )
@@ -369,13 +419,17 @@ async def audit_log(
     return {"entries": entries}
 
 
-@health.get("/healthz")
+@health.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     """The app is up and serving (the lifespan refused to start on an unmigrated database)."""
     return {"status": "ok"}
 
 
-@health.get("/readyz")
+@health.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The database is unreachable"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     try:
         async with app_state(request).engine.connect() as conn:

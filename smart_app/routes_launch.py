@@ -12,9 +12,11 @@ import secrets
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from smart_app import repository as repo
+from smart_app.api_models import Jwks, LogoutBody
 from smart_app.audit import AuditRecord
 from smart_app.crypto import random_token, sha256_hex
 from smart_app.ehrs import normalise_iss
@@ -27,6 +29,7 @@ from smart_app.errors import (
     NotAuthenticated,
 )
 from smart_app.oauth import ClientConfig
+from smart_app.pages import callback_page, launch_page
 from smart_app.scopes import GrantedScopes
 from smart_app.session import SESSION_HEADER, app_state
 from smart_app.state import AppState
@@ -48,6 +51,15 @@ def _scope_for(scope: str, standalone: bool) -> str:
     return " ".join(dict.fromkeys(parts))
 
 
+def from_browser(request: Request) -> bool:
+    """A browser navigating (Fetch Metadata, or an Accept that asks for HTML first), as opposed
+    to a script or an HTTP library, which gets plain redirects."""
+    if request.headers.get("sec-fetch-mode") == "navigate":
+        return True
+    accept = request.headers.get("accept", "")
+    return accept.startswith("text/html") or "application/xhtml+xml" in accept
+
+
 def browser_cookie_name(secure: bool) -> str:
     """The pre-auth cookie that binds a launch's ``state`` to the browser that started it.
     ``__Host-`` (Secure, no Domain, Path=/) wherever the app is served over https."""
@@ -63,10 +75,13 @@ async def _audit(state: AppState, record: AuditRecord) -> None:
 async def launch(request: Request, iss: str | None = None, launch: str | None = None) -> Response:
     """Start an EHR launch (``iss`` + ``launch``) or a standalone launch (``iss`` only).
 
-    Sets a pre-auth cookie (HttpOnly; on https ``__Host-``, Secure, SameSite=None and
-    Partitioned so that it also works inside an EHR iframe where third-party cookies are
-    blocked) whose hash is stored with the ``state``: the callback is only accepted in the same
-    browser (login CSRF). Several launches in one browser share it; each gets its own session."""
+    The launch's ``state`` is bound to the browser that started it (login CSRF) by a secret
+    whose hash is stored with the state. It travels two ways: a pre-auth cookie (HttpOnly; on
+    https ``__Host-``, Secure, SameSite=None, Partitioned), and — for a browser — the tab's
+    ``sessionStorage``, written by a small page that then goes on to the EHR (inside an EHR
+    iframe a browser may drop the cookie). A browser gets that page (200), other clients the
+    redirect (302). Several launches in one browser share the cookie; each gets its own
+    session."""
     state = app_state(request)
     if not iss:
         raise BadRequest(
@@ -105,7 +120,12 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
         nonce=nonce,
         launch=launch,
     )
-    response = RedirectResponse(url, status_code=302)
+    response: Response
+    if from_browser(request):
+        page = launch_page(authorize_url=url, state=oauth_state, binding=browser)
+        response = HTMLResponse(page)
+    else:
+        response = RedirectResponse(url, status_code=302)
     response.set_cookie(
         cookie,
         browser,
@@ -128,14 +148,72 @@ async def callback(
     error_description: str | None = None,
 ) -> Response:
     """Finish the launch: check state (and its browser), exchange the code, verify the id_token,
-    open a session of its own, and hand it to the page in the URL fragment (never sent to a
-    server, kept per tab by the page)."""
+    open a session of its own.
+
+    A browser gets a page (200) that finishes through ``POST /callback`` with the launch secret
+    its tab kept, and keeps the new session in that tab — so it works inside an EHR iframe where
+    the pre-auth cookie was blocked, and the clinician's page never takes a session from a URL
+    (a link with someone else's session in it does nothing). Other clients (scripts, HTTP
+    libraries) prove the browser by the cookie and get a redirect to ``/#session=<id>``."""
     app = app_state(request)
     if not state:
         if error:  # an EHR error without our state: still the EHR's words, still audited
             await _audit(app, AuditRecord("launch", f"ehr_{_code(error)}", detail={"state": None}))
             raise EhrRefused("authorize", error, error_description)
         raise BadRequest("the callback has no state parameter", code="invalid_state")
+    if from_browser(request):
+        return HTMLResponse(callback_page())
+    cookie = request.cookies.get(browser_cookie_name(app.config.secure_cookies))
+    session_id = await _finish(app, state, code, error, error_description, proofs=(cookie,))
+    return RedirectResponse(f"/#session={session_id}", status_code=302)
+
+
+class CallbackCompletion(BaseModel):
+    """What the callback page posts: the callback's parameters and its tab's launch secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: str = Field(min_length=1, max_length=512)
+    code: str | None = Field(default=None, max_length=4096)
+    error: str | None = Field(default=None, max_length=200)
+    error_description: str | None = Field(default=None, max_length=2000)
+    binding: str | None = Field(default=None, max_length=512)
+
+
+class CallbackSession(BaseModel):
+    session: str
+    """The new session, for the page to keep in its tab and send as ``X-Chartcite-Session``."""
+
+
+@router.post("/callback", response_model=CallbackSession)
+async def complete_callback(request: Request, body: CallbackCompletion) -> CallbackSession:
+    """Finish a launch whose callback arrived without the pre-auth cookie: the ``binding`` (the
+    secret the launching tab kept) must match the one stored with the ``state``. JSON only, so
+    another site cannot post it without a CORS preflight; errors are JSON."""
+    app = app_state(request)
+    cookie = request.cookies.get(browser_cookie_name(app.config.secure_cookies))
+    session_id = await _finish(
+        app,
+        body.state,
+        body.code,
+        body.error,
+        body.error_description,
+        proofs=(body.binding, cookie),
+    )
+    return CallbackSession(session=session_id)
+
+
+async def _finish(
+    app: AppState,
+    state: str,
+    code: str | None,
+    error: str | None,
+    error_description: str | None,
+    *,
+    proofs: tuple[str | None, ...],
+) -> str:
+    """Consume ``state`` (once), check that one of ``proofs`` is its browser's secret, take the
+    EHR's answer, open the session; every refusal is audited. Returns the new session id."""
     async with app.engine.begin() as conn:
         status, row = await repo.consume_launch_state(conn, sha256_hex(state))
     if status != "ok":
@@ -146,8 +224,7 @@ async def callback(
             "expired": "this sign-in link expired; launch again",
         }[status]
         raise BadRequest(message, code="invalid_state")
-    browser = request.cookies.get(browser_cookie_name(app.config.secure_cookies))
-    if not browser or not secrets.compare_digest(sha256_hex(browser), row.browser_hash):
+    if not any(p and secrets.compare_digest(sha256_hex(p), row.browser_hash) for p in proofs):
         await _audit(app, AuditRecord("launch", "state_not_this_browser", source=row.source))
         raise Forbidden(
             "this sign-in was started in another browser; launch chartcite again from your EHR",
@@ -236,10 +313,10 @@ async def callback(
                 },
             ),
         )
-    return RedirectResponse(f"/#session={session_id}", status_code=302)
+    return session_id
 
 
-@router.post("/logout")
+@router.post("/logout", response_model=LogoutBody)
 async def logout(request: Request) -> Response:
     """End the session named by ``X-Chartcite-Session``: its EHR tokens are revoked where the EHR
     offers RFC 7009 revocation, then deleted with the session. A custom header, not a cookie,
@@ -273,7 +350,7 @@ async def logout(request: Request) -> Response:
     return JSONResponse({"ended": True, "ehr_tokens_revoked": revoked})
 
 
-@router.get("/.well-known/jwks.json", include_in_schema=True)
+@router.get("/.well-known/jwks.json", response_model=Jwks)
 async def jwks(request: Request) -> JSONResponse:
     """chartcite's public signing keys (private_key_jwt), for EHRs to verify its assertions."""
     keys = app_state(request).smart.keys

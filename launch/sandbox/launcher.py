@@ -14,7 +14,9 @@
   - ``token_ttl=<seconds>``: lifetime of this launch's access tokens, initial and refreshed;
   - ``refresh_ttl=<seconds>``: lifetime of each of its refresh tokens.
 - ``GET /patients``: ``[{"id", "name"}]``; ``GET /``: a self-contained HTML patient list with a
-  Launch button per patient; ``GET /smart-style.json``: the ``smart_style_url`` document.
+  Launch button per patient (and a link to the chart with the app embedded); ``GET
+  /embedded?patient=<id>[&<launch parameters>]``: the EHR's chart page with the app launched in an
+  iframe; ``GET /smart-style.json``: the ``smart_style_url`` document.
 Errors here are JSON ``{"error": code, "error_description": message}`` (404 for an unknown patient,
 practitioner or encounter, 400 for a bad option).
 """
@@ -135,6 +137,7 @@ class Launcher:
             Route("/", self.index),
             Route("/patients", self.patients),
             Route("/launch", _json_errors(self.launch)),
+            Route("/embedded", _json_errors(self.embedded)),
             Route("/smart-style.json", self.smart_style),
         ]
 
@@ -168,6 +171,21 @@ class Launcher:
         separator = "&" if "?" in self.config.app_launch_url else "?"
         return RedirectResponse(f"{self.config.app_launch_url}{separator}{query}", status_code=302)
 
+    async def embedded(self, request: Request) -> Response:
+        """The EHR's own chart page with the app launched inside an iframe, as EHRs embed SMART
+        apps. The iframe's address is the EHR's public one (``base_url``): open this page under
+        another host name (``localhost`` for ``127.0.0.1``) and the app runs as a third party,
+        with the browser's third-party cookie rules."""
+        patient = self.store.get("Patient", request.query_params.get("patient") or "")
+        if patient is None:
+            raise NotFound("Unknown patient.", code="unknown_patient")
+        query = {k: v for k, v in request.query_params.items()}
+        src = f"{self.config.root}/launch?{urlencode(query)}"
+        page = _EMBEDDED.replace("{name}", html.escape(display_name(patient))).replace(
+            "{src}", html.escape(src, quote=True)
+        )
+        return HTMLResponse(page)
+
     async def patients(self, request: Request) -> Response:
         return JSONResponse(
             [{"id": p["id"], "name": display_name(p)} for p in self.store.patients()]
@@ -186,12 +204,14 @@ def render_index(patients: list[dict[str, Any]]) -> str:
     for patient in patients:
         pid = html.escape(str(patient["id"]), quote=True)
         href = html.escape("launch?" + urlencode({"patient": patient["id"]}), quote=True)
+        embedded = html.escape("embedded?" + urlencode({"patient": patient["id"]}), quote=True)
         rows.append(
             "<tr>"
             f"<td>{html.escape(display_name(patient))}</td>"
             f"<td>{html.escape(str(patient.get('birthDate') or ''))}</td>"
             f"<td>{html.escape(str(patient.get('gender') or ''))}</td>"
-            f'<td><a class="launch" href="{href}" data-patient-id="{pid}">Launch</a></td>'
+            f'<td><a class="launch" href="{href}" data-patient-id="{pid}">Launch</a> '
+            f'<a class="embedded" href="{embedded}" data-patient-id="{pid}">in the chart</a></td>'
             "</tr>"
         )
     body = "\n".join(rows) or '<tr><td colspan="4">No patients loaded.</td></tr>'
@@ -229,6 +249,25 @@ _PAGE = """<!doctype html>
 </tbody>
 </table>
 </main>
+</body>
+</html>
+"""
+
+_EMBEDDED = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Sandbox EHR &mdash; chart</title>
+<style>
+  body { font: 15px/1.5 system-ui, sans-serif; margin: 0; background: #f6f7f9; color: #1f2328;
+         display: flex; flex-direction: column; height: 100vh; }
+  header { background: #24292f; color: #fff; padding: 8px 24px; }
+  iframe { flex: 1; border: 0; width: 100%; background: #fff; }
+</style>
+</head>
+<body>
+<header>Sandbox EHR &mdash; chart of <strong id="ehr-patient">{name}</strong></header>
+<iframe id="app" title="chartcite" src="{src}"></iframe>
 </body>
 </html>
 """
