@@ -4,6 +4,7 @@ migrations, loads the embedding model and hands everything to the routers as typ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -23,12 +24,15 @@ from launch.db import Database, app_database, create_engine, open_database, requ
 from launch.settings import Settings
 from rag import load_embedder
 from rag.concepts import lexicon
+from rag.llm import LlmAnswerer, LlmConfig
+from rag.phi import PresidioDetector
 from smart_app import (
     AppConfig,
     AppState,
     SmartClient,
     SyncJobs,
     TokenCipher,
+    install_mcp,
     install_routes,
     new_key_b64,
 )
@@ -39,6 +43,7 @@ from smart_app.ehrs import EhrRegistration, EhrRegistry, normalise_iss
 from smart_app.guard import Guard, GuardConfig, origin
 from smart_app.keys import AppKeys
 from smart_app.pages import page_csp
+from smart_app.routes_stream import router as stream_router
 
 log = logging.getLogger("chartcite")
 
@@ -147,6 +152,35 @@ def fhir_retry(settings: Settings) -> RetryPolicy:
     )
 
 
+def llm_config(settings: Settings) -> LlmConfig | None:
+    """The model settings (``CHARTCITE_ANTHROPIC_*``, ``CHARTCITE_LLM_*``); ``None``: LLM off."""
+    if not settings.llm_enabled or settings.anthropic_api_key is None:
+        return None
+    return LlmConfig(
+        api_key=settings.anthropic_api_key.get_secret_value(),
+        base_url=settings.anthropic_base_url,
+        model=settings.llm_model,
+        max_tokens=settings.llm_max_tokens,
+        timeout_seconds=settings.llm_timeout_seconds,
+        temperature=settings.llm_temperature,
+        max_retries=settings.llm_retries,
+        shift_dates=not settings.llm_keep_dates,
+        max_evidence=settings.llm_max_evidence,
+        stream=settings.llm_stream,
+        input_usd_per_mtok=settings.llm_input_usd_per_mtok,
+        output_usd_per_mtok=settings.llm_output_usd_per_mtok,
+    )
+
+
+async def open_llm(settings: Settings) -> LlmAnswerer | None:
+    """The LLM answerer with its PHI detector (spaCy loads in a thread), when configured."""
+    config = llm_config(settings)
+    if config is None:
+        return None
+    detector = await asyncio.to_thread(PresidioDetector)
+    return LlmAnswerer(config, detector)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -197,12 +231,16 @@ def create_app(
                 )
                 await checkpoints.checkpoint()  # anchor what earlier runs appended
                 checkpoints.start()
+                state.llm = llm = await open_llm(settings)
                 app.state.chartcite = state
                 if on_ready is not None:
                     on_ready()
-                yield
+                async with mcp.running():  # the MCP transport's task group
+                    yield
                 await state.jobs.shutdown()
                 await checkpoints.stop()
+                if llm is not None:
+                    await llm.close()
         finally:
             validator.close()
             await engine.dispose()
@@ -217,6 +255,8 @@ def create_app(
     )
     app.middleware("http")(logs.access_middleware)
     install_routes(app)
+    app.include_router(stream_router)
+    mcp = install_mcp(app, settings.base_url)  # /mcp: the same bearer auth as /api/*
     app.add_middleware(Guard, config=guard_config(settings))  # outermost of ours: added last
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)

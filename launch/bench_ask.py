@@ -9,6 +9,11 @@
 3. Retrieval side by side on the same database: ``hybrid_search`` (exact per-patient scan) against
    the tutorial pattern, one global HNSW index and ``WHERE patient_id = … ORDER BY embedding <=> q
    LIMIT 5`` (pgvector 0.8 iterative scan on, as its README advises for filtered queries; and off).
+
+``--stream``: instead, the demo app over real HTTP with the LLM configured against the fake
+Anthropic Messages API (``launch/sandbox/anthropic_fake.py``, answering after ``--model-seconds``):
+``POST /api/ask/stream`` time to the first event (the evidence, sent before the model is asked)
+and to ``done``, p50/p95.
 """
 
 from __future__ import annotations
@@ -373,6 +378,79 @@ def run(
     return 0
 
 
+def run_stream(*, asks: int, patients: int, seed: int, model_seconds: float) -> int:
+    """``--stream``: the demo app (sandbox EHR, embedded Postgres) over real HTTP with an LLM
+    configured against the fake Messages API answering after ``model_seconds``; each ask is a
+    ``POST /api/ask/stream``: time to the first event (evidence) and to ``done``."""
+    import httpx2
+    from pydantic import SecretStr
+
+    from launch.demo_client import launch_patient, sync_patient
+    from launch.sandbox.anthropic_fake import FakeAnthropic
+    from launch.server import BackgroundServer, build_demo, free_port
+
+    with _database(None) as (database, settings):
+        asyncio.run(upgrade_database(database))
+        fake = FakeAnthropic(api_key="bench-key")
+        fake.configure(mode="faithful", latency_seconds=model_seconds)
+        fake_port, port = free_port(), free_port()
+        fake_server = BackgroundServer(fake.app, "127.0.0.1", fake_port)  # type: ignore[arg-type]
+        fake_server.start()
+        settings = settings.model_copy(
+            update={
+                "port": port,
+                "anthropic_api_key": SecretStr("bench-key"),
+                "anthropic_base_url": f"http://127.0.0.1:{fake_port}",
+            }
+        )
+        store = SandboxStore(generate_patients(n_patients=patients, seed=seed, today=date.today()))
+        demo = build_demo(settings, store, database=database)
+        server = BackgroundServer(demo.app, "127.0.0.1", port)
+        server.start()
+        clients: list[httpx2.Client] = []
+        try:
+            for p in store.patients():
+                client, resp = launch_patient(settings.base_url, str(p["id"]))
+                resp.raise_for_status()
+                sync_patient(client, full=True)
+                clients.append(client)
+            print(f"{len(clients)} patients launched and synced; model answers after "
+                  f"{model_seconds:.2f} s", flush=True)  # fmt: skip
+            rng = random.Random(seed)
+            first: list[float] = []
+            done: list[float] = []
+            modes: dict[str, int] = {}
+            for n in range(asks + len(QUESTIONS)):  # the first round warms up, untimed
+                client, question = rng.choice(clients), QUESTIONS[n % len(QUESTIONS)]
+                started = time.perf_counter()
+                t_first = None
+                with client.stream("POST", "/api/ask/stream", json={"question": question}) as resp:
+                    resp.raise_for_status()
+                    event = None
+                    for line in resp.iter_lines():
+                        if line.startswith("event: "):
+                            event = line[7:]
+                            t_first = t_first or time.perf_counter() - started
+                        elif event == "done" and line.startswith("data: "):
+                            mode = json.loads(line[6:])["mode"]
+                            modes[mode] = modes.get(mode, 0) + 1
+                t_done = time.perf_counter() - started
+                if n >= len(QUESTIONS) and t_first is not None:
+                    first.append(t_first * 1000)
+                    done.append(t_done * 1000)
+            print(
+                f"stream, {len(first)} asks: first event p50 {pct(first, 0.5):.1f} ms, "
+                f"p95 {pct(first, 0.95):.1f} ms; done p50 {pct(done, 0.5):.1f} ms, "
+                f"p95 {pct(done, 0.95):.1f} ms; answers by mode {modes}"
+            )
+        finally:
+            for c in clients:
+                c.close()
+            server.stop()
+            fake_server.stop()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="chartcite bench ask", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -385,7 +463,22 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--clients", type=int, default=20, help="concurrent clients")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="POST /api/ask/stream over HTTP with the LLM on (the fake Anthropic API): time to "
+        "first event and to done (--patients defaults to 5, --asks to 100)",
+    )
+    p.add_argument(
+        "--model-seconds", type=float, default=1.0, help="with --stream: the fake model's latency"
+    )
     args = p.parse_args(argv)
+    if args.stream:
+        patients = args.patients if "--patients" in argv else 5
+        asks = args.asks if "--asks" in argv else 100
+        return run_stream(
+            asks=asks, patients=patients, seed=args.seed, model_seconds=args.model_seconds
+        )
     return run(
         asks=args.asks,
         patients=args.patients,

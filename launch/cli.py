@@ -78,6 +78,7 @@ async def _audit_job(settings: Settings, job: Any) -> Any:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """The chain, every signed checkpoint, and (``--anchor``) an exported checkpoint file."""
     from launch.db import DatabaseError
+    from smart_app.agent_events import verify_all_events
     from smart_app.audit_checkpoints import verify_database
 
     settings = _settings(args, env="dev" if args.dev else None)
@@ -86,14 +87,22 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"chartcite: cannot read the anchor file: {exc}", file=sys.stderr)
         return 2
+
+    async def job(conn: Any, keys: Any) -> tuple[Any, tuple[int, list[int]]]:
+        return await verify_database(conn, keys, anchor), await verify_all_events(conn)
+
     try:
-        report = asyncio.run(
-            _audit_job(settings, lambda conn, keys: verify_database(conn, keys, anchor))
-        )
+        report, (events, bad_events) = asyncio.run(_audit_job(settings, job))
     except DatabaseError as exc:
         print(f"chartcite: {exc}", file=sys.stderr)
         return 2
-    if report.ok:
+    if bad_events:  # an agent event without its audit record: written behind the app's back
+        print(
+            f"agent events BROKEN: {len(bad_events)} of {events} do not match the audit record "
+            f"that recorded them (event seq {', '.join(map(str, bad_events[:10]))})",
+            file=sys.stderr,
+        )
+    if report.ok and not bad_events:
         if report.checkpoints:
             anchored = (
                 f"{report.anchored_rows} anchored by {report.checkpoints} signed checkpoints "
@@ -103,7 +112,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             anchored = "no checkpoints yet (`chartcite audit checkpoint` writes one)"
         extra = f"; {len(anchor)} anchored checkpoints of the file found" if anchor else ""
         print(f"audit chain OK: {report.rows} records verified; {anchored}{extra}")
+        print(f"agent events OK: {events} match the audit records that recorded them")
         return 0
+    if report.ok:
+        return 1
     first, *rest = report.problems
     print(f"audit chain BROKEN at seq {first.seq}: {first.reason}", file=sys.stderr)
     for problem in rest:

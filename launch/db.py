@@ -5,8 +5,9 @@ The app refuses to serve an unmigrated database; ``chartcite db upgrade`` (run b
 Two roles: the owner (``DATABASE_URL``, or the embedded server's ``postgres``) runs migrations and
 owns every table; the app connects as a least-privilege role (``chartcite_app`` by default) that
 ``upgrade`` creates and grants, after every migration run: SELECT/INSERT/UPDATE/DELETE on the
-app's tables, but only SELECT/INSERT on ``audit_event`` and ``audit_checkpoint`` and SELECT on
-``alembic_version``. Not the owner, it cannot ALTER the audit tables or DISABLE their triggers.
+app's tables, but only SELECT/INSERT on the append-only ``audit_event``, ``audit_checkpoint`` and
+``agent_event``, and SELECT on ``alembic_version``. Not the owner, it cannot ALTER the audit tables
+or DISABLE their triggers.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def create_engine(db: Database, *, pool_size: int = 10) -> AsyncEngine:
 
 
 #: Tables the app role may only read and append to.
-APPEND_ONLY_TABLES = ("audit_event", "audit_checkpoint")
+APPEND_ONLY_TABLES = ("audit_event", "audit_checkpoint", "agent_event")
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

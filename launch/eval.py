@@ -6,6 +6,13 @@ index), asks every question through ``rag.answer_question`` with the line's fixe
 reports citation precision and recall, correctness, "nothing found" accuracy, uncited statements,
 foreign-patient citations and latency. It is a report: exit 0, or 2 when the file is malformed.
 Only question text and resource ids are printed, never a value from a chart.
+
+``--mode llm`` asks through the whole LLM path (``rag.llm``: PHI tokenization, the real Anthropic
+SDK, citation validation) against the fake Messages API (``launch/sandbox/anthropic_fake.py``) on
+loopback: ``--fake faithful`` answers from the numbered evidence, ``--fake adversarial`` cycles
+through never-retrieved, other-patient, out-of-scope and uncited citations, mangled placeholders
+and a mix. Besides the usual scores it reports removed statements, fallbacks, and the number of
+the patient's known identifiers found in the recorded outbound requests (must be 0).
 """
 
 from __future__ import annotations
@@ -286,8 +293,77 @@ async def _load(database: Any, settings: Any, charts: list[Chart], work: Path) -
         )
 
 
+@dataclass
+class LlmTally:
+    """What the LLM path did over the run (``--mode llm``)."""
+
+    fake: str
+    answers: int = 0
+    llm: int = 0
+    gated: int = 0
+    calls: int = 0
+    removed: int = 0
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    phi_hits: int = 0
+    identifiers: int = 0
+    payloads: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def report(self) -> str:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(self.fallbacks.items())) or "none"
+        return (
+            f"LLM path (fake: {self.fake}): {self.answers} answers, {self.llm} written by the "
+            f"model, {sum(self.fallbacks.values())} extractive fallbacks ({why}), "
+            f"{self.gated} not sent (nothing relevant retrieved)\n"
+            f"  model calls {self.calls}, statements removed by the validator {self.removed}, "
+            f"tokens in/out {self.input_tokens}/{self.output_tokens}, cost ${self.cost_usd:.4f}\n"
+            f"  PHI in outbound payloads: {self.phi_hits} occurrences of "
+            f"{self.identifiers} known identifiers checked over {self.payloads} requests"
+        )
+
+
+ADVERSARIAL_CYCLE = (
+    "unretrieved",
+    "foreign",
+    "out_of_scope",
+    "uncited",
+    "unknown_placeholder",
+    "mixed",
+)
+
+
+def patient_identifiers(patient: dict[str, Any]) -> set[str]:
+    """What identifies a patient in text: name parts, identifier values (MRN, SSN...), birth
+    date, phone and email, street address lines and city."""
+    found = {str(i["value"]) for i in patient.get("identifier") or [] if i.get("value")}
+    for name in patient.get("name") or []:
+        found |= {str(p) for p in [name.get("family"), *(name.get("given") or [])] if p}
+    found |= {str(t["value"]) for t in patient.get("telecom") or [] if t.get("value")}
+    for ad in patient.get("address") or []:
+        found |= {str(x) for x in [*(ad.get("line") or []), ad.get("city")] if x}
+    if patient.get("birthDate"):
+        found.add(str(patient["birthDate"]))
+    return {f for f in found if len(f) >= 3}
+
+
+def phi_count(bodies: list[str], identifiers: set[str]) -> int:
+    """Occurrences of any identifier (a whole token, any case) in the request bodies."""
+    if not identifiers or not bodies:
+        return 0
+    alternatives = "|".join(map(re.escape, sorted(identifiers, key=len, reverse=True)))
+    pattern = re.compile(r"(?<![\w])(" + alternatives + r")(?![\w])", re.IGNORECASE)
+    return sum(len(pattern.findall(b)) for b in bodies)
+
+
 async def _run(
-    questions: list[dict[str, Any]], charts: list[Chart], work: Path, *, debug: bool = False
+    questions: list[dict[str, Any]],
+    charts: list[Chart],
+    work: Path,
+    *,
+    debug: bool = False,
+    llm: LlmTally | None = None,
 ) -> list[Score]:
     from fhir_adapters import AccessFilter, existing_refs
     from fhir_adapters.normalize import CLINICAL_TYPES, SUPPORT_TYPES
@@ -308,14 +384,19 @@ async def _run(
         embedder = load_embedder(settings.resolved_model_dir, threads=settings.embed_threads)
         engine = create_engine(database, pool_size=2)
         scores = []
+        fake = _LlmRun(charts, llm) if llm is not None else None
         try:
-            for q in questions:
+            for n, q in enumerate(questions):
                 access = AccessFilter(q["source"], q["patient"], CLINICAL_TYPES | SUPPORT_TYPES)
                 try:
+                    if fake is not None:
+                        access = fake.prepare(n, q, access)
+                        body = await fake.answer(engine, embedder, access, q)
                     async with engine.begin() as conn:
-                        body = await answer_question(
-                            conn, embedder, access, q["question"], now=q["_now"]
-                        )
+                        if fake is None:
+                            body = await answer_question(
+                                conn, embedder, access, q["question"], now=q["_now"]
+                            )
                         cited = {c for s in body.statements for c in s.citations}
                         pairs = [tuple(c.split("/", 1)) for c in cited if "/" in c]
                         stored = await existing_refs(conn, access, pairs)  # type: ignore[arg-type]
@@ -331,10 +412,86 @@ async def _run(
                     scores.append(failed)
         finally:
             await engine.dispose()
+            if fake is not None:
+                await fake.close()
         return scores
     finally:
         if database.embedded is not None:
             database.embedded.cleanup()
+
+
+class _LlmRun:
+    """The fake Messages API on loopback and the real ``LlmAnswerer`` pointed at it."""
+
+    def __init__(self, charts: list[Chart], tally: LlmTally) -> None:
+        from launch.sandbox.anthropic_fake import FakeAnthropic
+        from launch.server import BackgroundServer, free_port
+        from rag.llm import LlmAnswerer, LlmConfig
+        from rag.phi import PresidioDetector
+
+        self.tally = tally
+        self.fake = FakeAnthropic(api_key="eval-key")
+        port = free_port()
+        self.server = BackgroundServer(self.fake.app, "127.0.0.1", port)  # type: ignore[arg-type]
+        self.server.start()
+        config = LlmConfig(
+            api_key="eval-key", base_url=f"http://127.0.0.1:{port}", timeout_seconds=10
+        )
+        self.answerer = LlmAnswerer(config, PresidioDetector())
+        self.charts = {(c.source, c.patient_id): c for c in charts}
+        self.identifiers = {
+            key: patient_identifiers(next(r for r in c.resources if r["resourceType"] == "Patient"))
+            for key, c in self.charts.items()
+        }
+
+    def prepare(self, n: int, q: dict[str, Any], access: Any) -> Any:
+        """Configure the fake for question ``n``; the access filter it is asked under."""
+        from fhir_adapters import AccessFilter
+
+        self.fake.clear()
+        if self.tally.fake == "faithful":
+            self.fake.configure(mode="faithful")
+            return access
+        mode = ADVERSARIAL_CYCLE[n % len(ADVERSARIAL_CYCLE)]
+        key = (q["source"], q["patient"])
+        others = [c for k, c in self.charts.items() if k != key]
+        foreign = [
+            f"{r['resourceType']}/{r['id']}"
+            for c in others[:1]
+            for r in c.resources
+            if r["resourceType"] == "Observation"
+        ][:1]
+        own = self.charts[key].resources
+        binaries = [f"Binary/{r['id']}" for r in own if r["resourceType"] == "Binary"][:1]
+        self.fake.configure(mode=mode, foreign_refs=foreign, out_of_scope_refs=binaries)
+        if mode == "out_of_scope":  # Binary is stored for this patient, but not readable here
+            types = access.resource_types - {"Binary"}
+            return AccessFilter(access.source, access.patient_id, types)
+        return access
+
+    async def answer(self, engine: Any, embedder: Any, access: Any, q: dict[str, Any]) -> Any:
+        result = await self.answerer.answer(engine, embedder, access, q["question"], now=q["_now"])
+        t = self.tally
+        t.answers += 1
+        t.llm += result.body.mode == "llm"
+        t.gated += result.gated
+        t.calls += len(result.calls)
+        t.removed += sum(c.dropped for c in result.calls)
+        if result.fallback:
+            t.fallbacks[result.fallback] += 1
+        bodies = self.fake.bodies()
+        idents = self.identifiers[(q["source"], q["patient"])]
+        t.phi_hits += phi_count(bodies, idents)
+        t.identifiers += len(idents)
+        t.payloads += len(bodies)
+        t.input_tokens += result.usage["input_tokens"]
+        t.output_tokens += result.usage["output_tokens"]
+        t.cost_usd += result.cost_usd
+        return result.body
+
+    async def close(self) -> None:
+        await self.answerer.close()
+        self.server.stop()
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -354,6 +511,18 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="keep the scratch database in DIR and reuse it next time (re-imports are no-ops)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("extractive", "llm"),
+        default="extractive",
+        help="llm: through rag.llm against the fake Anthropic API on loopback",
+    )
+    p.add_argument(
+        "--fake",
+        choices=("faithful", "adversarial"),
+        default="faithful",
+        help="with --mode llm: how the fake model answers",
     )
     p.add_argument("--generate", type=Path, metavar="OUT", help="write a question set instead")
     p.add_argument("--patients", type=int, default=20, help="with --generate: sandbox patients")
@@ -427,8 +596,9 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(old)
     else:
         work = Path(tempfile.mkdtemp(prefix="cc-eval-", dir="/tmp"))  # short: unix socket limit
+    tally = LlmTally(fake=args.fake) if args.mode == "llm" else None
     try:
-        scores = asyncio.run(_run(questions, charts, work, debug=args.debug))
+        scores = asyncio.run(_run(questions, charts, work, debug=args.debug, llm=tally))
     except Exception as exc:  # the pipeline under test could not load the charts
         if args.debug:
             raise
@@ -441,10 +611,13 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nsplit {args.split}: {len(scores)} questions\n")
     print(report(scores))
+    if tally is not None:
+        print("\n" + tally.report())
     if args.json:
+        summary = summarise(scores)
+        if tally is not None:
+            summary["llm"] = {**asdict(tally), "fallbacks": dict(tally.fallbacks)}
         args.json.write_text(
-            json.dumps(
-                {"summary": summarise(scores), "questions": [asdict(s) for s in scores]}, indent=1
-            )
+            json.dumps({"summary": summary, "questions": [asdict(s) for s in scores]}, indent=1)
         )
     return 0

@@ -164,6 +164,29 @@ class Settings(BaseSettings):
     """More web origins that may embed the page (``frame-ancestors``), besides each registered
     EHR's FHIR-base origin and its ``frame_origins``."""
 
+    # -- LLM (rag/llm.py): on iff CHARTCITE_ANTHROPIC_API_KEY is set --------------------------
+    anthropic_api_key: SecretStr | None = None
+    """Turns LLM answers on (``mode: llm``); unset, every answer is extractive."""
+    anthropic_base_url: str | None = None
+    """Another Messages API endpoint (a gateway, or the fake in tests); unset: Anthropic's."""
+    llm_model: str = "claude-sonnet-4-5"
+    llm_max_tokens: int = 2048
+    llm_timeout_seconds: float = 20.0
+    """The longest an answer waits on the model, retries included; then extractive."""
+    llm_temperature: float | None = None
+    """Sent only when set (anthropic 2.x dropped the argument; some gateways still take it)."""
+    llm_retries: int = 2
+    """Retries on 429/529/5xx and connection errors (exponential backoff, ``retry-after``)."""
+    llm_keep_dates: bool = False
+    """Send clinical dates as they are instead of shifted by a per-request random offset."""
+    llm_max_evidence: int = 80
+    """Evidence items per call (the ones the extractive facts cite are always sent)."""
+    llm_stream: bool = True
+    """Call the Messages API with ``stream: true`` (SSE) rather than one JSON response."""
+    llm_input_usd_per_mtok: float = 3.0
+    llm_output_usd_per_mtok: float = 15.0
+    """Prices per million tokens, for the cost recorded with each answer."""
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         origins = [*self.frame_ancestors, *(o for e in self.ehrs for o in e.frame_origins)]
@@ -197,6 +220,12 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(24))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    @property
+    def llm_enabled(self) -> bool:
+        return self.anthropic_api_key is not None and bool(
+            self.anthropic_api_key.get_secret_value()
+        )
 
     @property
     def base_url(self) -> str:

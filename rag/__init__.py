@@ -5,6 +5,7 @@ from rag.ask import answer_question
 from rag.embeddings import Embedder, ModelNotBuiltError, OnnxEmbedder, load_embedder
 from rag.errors import RagError
 from rag.index import IndexResult, index_patient
+from rag.intents import terms
 from rag.repository import get_answer, hybrid_search
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "hybrid_search",
     "index_patient",
     "load_embedder",
+    "terms",
 ]

@@ -20,6 +20,10 @@ class CitationInfo(BaseModel):
     display: str | None = None
     date: str | None = None
     value: str | None = None
+    status: str | None = None
+    """The resource's status (a Condition's clinicalStatus), so a reader can group without
+    fetching each resource."""
+    end_date: str | None = None
 
 
 class AnswerBody(BaseModel):

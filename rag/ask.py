@@ -153,6 +153,17 @@ async def _resolve(
     return res
 
 
+@dataclass(frozen=True)
+class Composed:
+    """An extractive answer before it is stored, with the retrieval set it was drawn from."""
+
+    body: AnswerBody
+    #: The retrieval set: every resource the answer could cite (ref → what it is).
+    evidence: dict[str, CitationInfo]
+    #: Full text of retrieved narrative chunks (ref → text; ``CitationInfo.display`` is cut).
+    texts: dict[str, str]
+
+
 async def answer_question(
     conn: AsyncConnection,
     embedder: Embedder,
@@ -167,6 +178,25 @@ async def answer_question(
     ``chart_notice`` says the stored copy of the chart is incomplete or still syncing; it is
     appended as a notice so no answer looks complete when its source is not.
     """
+    composed = await compose_answer(
+        conn, embedder, access, question, now=now, chart_notice=chart_notice
+    )
+    body = composed.body
+    await repo.save_answer(conn, access, uuid.UUID(body.answer_id), body.model_dump(mode="json"))
+    return body
+
+
+async def compose_answer(
+    conn: AsyncConnection,
+    embedder: Embedder,
+    access: AccessFilter,
+    question: str,
+    *,
+    now: datetime | None = None,
+    chart_notice: str | None = None,
+) -> Composed:
+    """``answer_question`` without storing: the answer and its retrieval set (the LLM path
+    gives the model this evidence and falls back to this answer)."""
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     lex = lexicon()
@@ -188,6 +218,7 @@ async def answer_question(
     wanted = [k for k in sorted(kinds) if k not in denied]
     statements: list[Statement] = []
     evidence: dict[str, CitationInfo] = {}
+    texts: dict[str, str] = {}
     empty_kinds: list[str] = []
 
     def cite(facts: list[dict[str, Any]]) -> None:
@@ -276,6 +307,7 @@ async def answer_question(
         qvec = (await asyncio.to_thread(embedder.embed, [question]))[0]
         hits = await repo.hybrid_search(conn, access, query_vector=qvec, terms=intent.terms)
         for h in hits:
+            texts.setdefault(compose.ref(h.resource_type, h.resource_id), h.text)
             evidence.setdefault(
                 compose.ref(h.resource_type, h.resource_id),
                 CitationInfo(
@@ -334,5 +366,4 @@ async def answer_question(
         retrieved=len(evidence),
         latency_ms=round((time.perf_counter() - started) * 1000, 1),
     )
-    await repo.save_answer(conn, access, answer_id, body.model_dump(mode="json"))
-    return body
+    return Composed(body=body, evidence=evidence, texts=texts)

@@ -56,12 +56,15 @@ def ref(resource_type: str, resource_id: str) -> str:
 
 def citation_for_fact(fact: dict[str, Any]) -> CitationInfo:
     date: datetime | None = fact.get("date")
+    end: datetime | None = fact.get("end_date")
     return CitationInfo(
         resource_type=fact["resource_type"],
         id=fact["id"],
         display=fact.get("display"),
         date=date.date().isoformat() if date else None,
         value=fact_value(fact),
+        status=fact.get("status"),
+        end_date=end.date().isoformat() if end else None,
     )
 
 

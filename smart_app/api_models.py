@@ -32,6 +32,7 @@ class Banner(BaseModel):
     name: str | None
     birthDate: str | None
     gender: str | None
+    mrn: str | None = Field(default=None, description="the identifier typed MR, if any")
 
 
 class ContextBody(BaseModel):

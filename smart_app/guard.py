@@ -39,7 +39,16 @@ from smart_app.pages import error_page
 
 log = logging.getLogger("chartcite.errors")
 BROWSER_PATHS = ("/launch", "/callback")
-OWN_PREFIXES = ("/api", "/launch", "/callback", "/logout", "/.well-known", "/healthz", "/readyz")
+OWN_PREFIXES = (
+    "/api",
+    "/mcp",
+    "/launch",
+    "/callback",
+    "/logout",
+    "/.well-known",
+    "/healthz",
+    "/readyz",
+)
 WINDOW = 60.0
 
 
@@ -139,7 +148,7 @@ class Guard:
             if too_big and own:
                 await self._error(scope, send, 413, "body_too_large", self._too_big())
                 return
-        if path.startswith("/api"):
+        if path.startswith(("/api", "/mcp")):
             retry = self._rate(scope, headers)
             if retry is not None:
                 await self._error(

@@ -31,12 +31,15 @@ ERROR_SCHEMA: dict[str, Any] = {
 WHY = {
     "400": "Bad request (e.g. an OAuth error from the EHR)",
     "401": "No session, an expired one, or an invalid bearer token (WWW-Authenticate)",
-    "403": "The granted scopes do not allow this (insufficient_scope for bearer tokens)",
+    "403": "The granted scopes do not allow this (insufficient_scope for bearer tokens), "
+    "including a resource an agent event cites",
     "404": "No such resource, answer or sync run for this patient",
     "405": "Method not allowed (the Allow header names the allowed ones)",
     "409": "Not synced yet, or X-Chartcite-Patient names another patient than the session's",
     "413": "The request body is larger than the limit",
-    "422": "Invalid input (empty or too long question, control characters, bad URL bytes)",
+    "422": "Invalid input (empty or too long question, control characters, bad URL bytes, a "
+    "body that is not UTF-8 JSON, or an agent event citing what is not this patient's: "
+    "reference_refused)",
     "429": "Rate limited (Retry-After says when to retry)",
     "500": "Internal error; the message carries a reference id for the operators",
     "502": "The EHR is unreachable or answered wrongly",

@@ -21,6 +21,13 @@ from pathlib import Path
 
 STATIC = Path(__file__).parent / "static"
 
+#: The clinician page's own files, served at ``/assets/{name}`` (``script-src``/``style-src 'self'``).
+ASSETS = {
+    "page.css": "text/css; charset=utf-8",
+    "page.js": "text/javascript; charset=utf-8",
+    "visuals.js": "text/javascript; charset=utf-8",
+}
+
 ERROR_STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;color:#222}"
     "code{background:#f3f3f3;padding:.1rem .3rem}"
@@ -30,6 +37,14 @@ ERROR_STYLE = (
 @cache
 def template(name: str) -> str:
     return (STATIC / name).read_text(encoding="utf-8")
+
+
+@cache
+def asset(name: str) -> bytes:
+    """The bytes of one of :data:`ASSETS`."""
+    if name not in ASSETS:
+        raise KeyError(name)
+    return (STATIC / name).read_bytes()
 
 
 def _json_block(value: object) -> str:
@@ -74,13 +89,15 @@ def _hashes(blocks: list[str]) -> str:
 
 
 def page_csp() -> str:
-    """The pages' Content-Security-Policy: their inline scripts and styles by hash, API calls to
-    itself only, nothing else (``frame-ancestors`` is added by the guard)."""
+    """The pages' Content-Security-Policy: their own script and style files (``'self'``, see
+    :data:`ASSETS`) and inline scripts and styles by hash, API calls to itself only, nothing else
+    (``frame-ancestors`` is added by the guard)."""
     pages = [template(n) for n in ("index.html", "launch.html", "callback.html")]
     scripts = [s for p in pages for s in re.findall(r"<script>(.*?)</script>", p, flags=re.DOTALL)]
     styles = [s for p in pages for s in re.findall(r"<style>(.*?)</style>", p, flags=re.DOTALL)]
     return (
         "default-src 'none'; connect-src 'self'; img-src 'self' data:; "
-        f"script-src {_hashes(scripts)}; style-src {_hashes([*styles, ERROR_STYLE])}; "
+        f"script-src {_hashes(scripts)} 'self'; "
+        f"style-src {_hashes([*styles, ERROR_STYLE])} 'self'; "
         "base-uri 'none'; form-action 'self'"
     )

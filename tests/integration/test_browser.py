@@ -89,7 +89,8 @@ def _sync_and_ask(driver: object, demo: RunningDemo, pid: str) -> list[str]:
     driver.find_element(By.ID, "question").send_keys("HbA1c over the last 18 months?")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "ask").click()  # type: ignore[attr-defined]
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#statements a.cite"))
-    links = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#statements a.cite")]  # type: ignore[attr-defined]
+    chips = driver.find_elements(By.CSS_SELECTOR, "#statements a.cite")  # type: ignore[attr-defined]
+    links = [a.get_attribute("data-ref") for a in chips]
     assert "Traceback" not in driver.page_source  # type: ignore[attr-defined]
     return links
 

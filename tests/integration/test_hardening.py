@@ -174,6 +174,20 @@ def test_rate_limits_per_session_and_per_client(limited: str) -> None:
         assert one.get("/healthz").status_code == 200  # only /api/* is limited
 
 
+def test_mcp_is_limited_like_the_api(limited: str) -> None:
+    """/mcp is behind the same guard: the per-client limit ends in 429 with Retry-After."""
+    with httpx2.Client(base_url=limited, timeout=30) as client:
+        codes = []
+        for _ in range(14):
+            r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                break
+        assert codes[-1] == 429, codes
+        assert r.json()["error"]["code"] == "rate_limited" and r.headers["retry-after"]
+        assert r.headers["cache-control"] == "no-store"
+
+
 def test_the_log_scan_finds_what_it_looks_for() -> None:
     """The session-wide log scan (tests/conftest.py) is not hollow."""
     from launch.sandbox import generate_patients
