@@ -689,26 +689,28 @@ async def chart_health(conn: AsyncConnection, access: AccessFilter) -> dict[str,
     unindexed = await conn.scalar(
         select(func.count())
         .select_from(_fact)
-        .where(_patient(_fact, access), _needs_index(), _visible(_fact, access))
+        .where(_patient(_fact, access), _needs_index(access), _visible(_fact, access))
     )
     return {"incomplete": incomplete, "unindexed": int(unindexed or 0)}
 
 
+# The patient is repeated as values inside the subquery (not only correlated), so that on a
+# distributed database the subquery routes to the patient's shard too.
 _NO_CHUNKS = text(
-    """NOT EXISTS (SELECT 1 FROM chunk c WHERE c.source = clinical_fact.source
-    AND c.patient_id = clinical_fact.patient_id AND c.resource_type = clinical_fact.resource_type
+    """NOT EXISTS (SELECT 1 FROM chunk c WHERE c.source = :nc_source
+    AND c.patient_id = :nc_patient AND c.resource_type = clinical_fact.resource_type
     AND c.resource_id = clinical_fact.id)
   AND (clinical_fact.resource_type <> 'DocumentReference'
     OR coalesce(btrim(clinical_fact.value_text), '') <> '')"""
 )
 
 
-def _needs_index() -> Any:
+def _needs_index(access: AccessFilter) -> Any:
     """Not indexed at its version, or indexed but its chunks are gone (and it should have some)."""
     return or_(
         _fact.c.source_hash.is_(None),
         _fact.c.indexed_hash.is_distinct_from(_fact.c.source_hash),
-        _NO_CHUNKS,
+        _NO_CHUNKS.bindparams(nc_source=access.source, nc_patient=access.patient_id),
     )
 
 
@@ -719,7 +721,7 @@ async def unindexed_facts(conn: AsyncConnection, access: AccessFilter) -> list[d
         .where(
             _patient(_fact, access),
             _fact.c.source_hash.is_not(None),
-            _needs_index(),
+            _needs_index(access),
             _visible(_fact, access),
         )
         .order_by(

@@ -51,6 +51,24 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         print(f"chartcite: {exc}", file=sys.stderr)
         return 2
     print(f"database schema: {before or 'empty'} -> {after}")
+    if getattr(args, "citus", False):
+        return _distribute(settings)
+    return 0
+
+
+def _distribute(settings: Settings) -> int:
+    """``db upgrade --citus``: distribute the migrated tables on the Citus coordinator."""
+    from launch.citus import CitusError, distribute_database
+    from launch.db import open_database
+
+    try:
+        changes = asyncio.run(distribute_database(open_database(settings)))
+    except CitusError as exc:
+        print(f"chartcite: {exc}", file=sys.stderr)
+        return 2
+    for change in changes:
+        print(f"citus: {change}")
+    print(f"citus: {len(changes)} table(s) changed" if changes else "citus: already distributed")
     return 0
 
 
@@ -512,6 +530,11 @@ def parser() -> argparse.ArgumentParser:
     up = db.add_parser("upgrade", help="apply migrations")
     common(up)
     up.add_argument("--dev", action="store_true", help="dev settings (embedded database)")
+    up.add_argument(
+        "--citus",
+        action="store_true",
+        help="then distribute the tables on the Citus coordinator DATABASE_URL names",
+    )
     up.set_defaults(func=cmd_db_upgrade)
 
     audit = sub.add_parser("audit", help="audit trail").add_subparsers(
