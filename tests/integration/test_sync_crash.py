@@ -136,7 +136,8 @@ def _start_and_wait(client: httpx2.Client, until: Any, timeout: float = 60) -> d
     raise TimeoutError("the run never reached the point to kill it at")
 
 
-def _recover_and_compare(s: Server, client: httpx2.Client, dead: dict[str, Any]) -> None:
+def _recover_and_compare(s: Server, client: httpx2.Client, dead: dict[str, Any]) -> dict[str, Any]:
+    """Restart, re-sync, and compare with a clean sync of the same patient; returns the store."""
     s.start()
     closed = client.get(f"/api/sync/{dead['id']}").json()
     assert closed["status"] == "failed" and "stopped" in closed["error"], closed
@@ -156,6 +157,7 @@ def _recover_and_compare(s: Server, client: httpx2.Client, dead: dict[str, Any])
     assert clean["status"] == "done"
     assert recovered == _store(s)
     assert time.monotonic() - started < 120
+    return recovered
 
 
 def test_kill_9_mid_fetch_then_restart_repairs(server: Server) -> None:
@@ -169,8 +171,11 @@ def test_kill_9_mid_fetch_then_restart_repairs(server: Server) -> None:
         )
         server.kill9()
         stored = _store(server)
-        assert 100 <= len(stored["resources"]) < 250  # two pages in, the rest never arrived
-        _recover_and_compare(server, client, dead)
+        assert len(stored["resources"]) >= 100  # at least two pages were committed ...
+        recovered = _recover_and_compare(server, client, dead)
+        # ... and not all of them: the stalled page never arrived before the kill (pages after
+        # it may have, the fetch runs ahead; how many depends on the machine's load).
+        assert len(stored["resources"]) < len(recovered["resources"])
 
 
 def test_kill_9_mid_indexing_then_restart_repairs(server: Server) -> None:
