@@ -1,15 +1,19 @@
 """Drive the demo like a browser would, over real HTTP: EHR launch with redirects, sync, ask.
 
-Used by ``chartcite bench`` and the integration tests; plain httpx2 with a cookie jar (for the
-pre-auth cookie). Like the page, the client keeps the session the callback hands over in the URL
-fragment (``/#session=…``) and sends it as ``X-Chartcite-Session`` with every call.
+Used by ``chartcite bench``, the integration tests and the example agents; plain httpx2 with a
+cookie jar (for the pre-auth cookie). As a script (not a browser), the client gets the session the
+callback hands over in the URL fragment (``/#session=…``) and sends it as ``X-Chartcite-Session``
+with every call. ``code_flow_token`` is an app of its own getting a token from a sandbox EHR.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import secrets
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
 
 import httpx2
 
@@ -79,3 +83,51 @@ def sync_patient(
 
 def ask(client: httpx2.Client, question: str) -> httpx2.Response:
     return client.post("/api/ask", json={"question": question})
+
+
+def code_flow_token(
+    base_url: str,
+    ehr_path: str,
+    patient: str,
+    *,
+    client_id: str,
+    scope: str = "launch patient/*.rs",
+    secret: str | None = None,
+) -> str:
+    """An access token a sandbox EHR issues to an app by its own authorization-code flow (EHR
+    launch, PKCE S256; a confidential client authenticates with form-encoded Basic, RFC 6749
+    §2.3.1)."""
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    redirect = base_url + "/callback"
+    with httpx2.Client(base_url=base_url, follow_redirects=False, timeout=30) as c:
+        launch = c.get(f"{ehr_path}/launch?patient={patient}")
+        launch_id = parse_qs(urlsplit(launch.headers["location"]).query)["launch"][0]
+        auth = c.get(
+            f"{ehr_path}/auth/authorize",
+            params={
+                "response_type": "code",
+                "client_id": client_id,
+                "redirect_uri": redirect,
+                "scope": scope,
+                "state": secrets.token_urlsafe(16),
+                "aud": f"{base_url}{ehr_path}/fhir",
+                "launch": launch_id,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            },
+        )
+        code = parse_qs(urlsplit(auth.headers["location"]).query)["code"][0]
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect}
+        headers = {}
+        if secret is None:
+            form["client_id"] = client_id
+        else:
+            pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        token = c.post(
+            f"{ehr_path}/auth/token", data={**form, "code_verifier": verifier}, headers=headers
+        )
+        token.raise_for_status()
+        return str(token.json()["access_token"])

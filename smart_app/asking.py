@@ -60,14 +60,13 @@ def chart_notice(run: dict[str, Any] | None) -> str | None:
     return "The last sync of this chart failed; this answer uses the copy stored before it."
 
 
-async def ready_notice(state: AppState, session: SessionContext) -> str | None:
+async def ready_notice(conn: AsyncConnection, session: SessionContext) -> str | None:
     """409 ``not_synced`` before the first sync stored the facts; else the chart notice."""
-    async with state.engine.connect() as conn:
-        if await latest_sync_run(conn, session.access, answerable=True) is None:
-            raise Conflict(
-                "this patient has not been synced yet: POST /api/sync first", code="not_synced"
-            )
-        return chart_notice(await latest_sync_run(conn, session.access))
+    if await latest_sync_run(conn, session.access, answerable=True) is None:
+        raise Conflict(
+            "this patient has not been synced yet: POST /api/sync first", code="not_synced"
+        )
+    return chart_notice(await latest_sync_run(conn, session.access))
 
 
 def audit_detail(
@@ -114,8 +113,9 @@ async def ask(
     state: AppState, session: SessionContext, question: str, **audit_extra: Any
 ) -> AnswerBody:
     """Answer, store and audit one question (``audit_extra``: e.g. the MCP tool's name)."""
-    notice = await ready_notice(state, session)
     if state.llm is not None:
+        async with state.engine.connect() as conn:  # none held while the model writes
+            notice = await ready_notice(conn, session)
         result = await state.llm.answer(
             state.engine,
             state.embedder,
@@ -125,7 +125,8 @@ async def ask(
             record=llm_recorder(session, question, **audit_extra),
         )
         return result.body
-    async with state.engine.begin() as conn:
+    async with state.engine.begin() as conn:  # check, answer, store and audit: one transaction
+        notice = await ready_notice(conn, session)
         answer = await answer_question(
             conn, state.embedder, session.access, question, chart_notice=notice
         )

@@ -92,7 +92,8 @@ async def ask_stream(request: Request, body: AskRequest, session: Session) -> Ev
     """Answer a question about the launched patient as Server-Sent Events: evidence first,
     then each validated statement, then ``done`` with the stored answer's id."""
     state = app_state(request)
-    notice = await ready_notice(state, session)
+    async with state.engine.connect() as conn:
+        notice = await ready_notice(conn, session)  # 409 before the stream starts
     llm = state.llm
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 

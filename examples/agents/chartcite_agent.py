@@ -10,21 +10,19 @@ registered (``chartcite``).
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
-import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
+
+from launch.demo_client import code_flow_token
 
 
 def arguments(description: str) -> argparse.Namespace:
@@ -38,44 +36,9 @@ def arguments(description: str) -> argparse.Namespace:
 
 
 def sandbox_token(base_url: str, patient: str, client_id: str, scope: str) -> str:
-    """EHR launch at the sandbox, then authorize (PKCE S256) and the token request."""
-    verifier = secrets.token_urlsafe(48)
-    challenge = (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    )
-    redirect = f"{base_url}/callback"
-    with httpx2.Client(base_url=base_url, follow_redirects=False, timeout=30) as c:
-        launch = c.get("/ehr/launch", params={"patient": patient})
-        if launch.status_code != 302:
-            sys.exit(f"the sandbox EHR refused the launch: {launch.text[:200]}")
-        launch_id = parse_qs(urlsplit(launch.headers["location"]).query)["launch"][0]
-        auth = c.get(
-            "/ehr/auth/authorize",
-            params={
-                "response_type": "code",
-                "client_id": client_id,
-                "redirect_uri": redirect,
-                "scope": scope,
-                "state": secrets.token_urlsafe(16),
-                "aud": f"{base_url}/ehr/fhir",
-                "launch": launch_id,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-            },
-        )
-        code = parse_qs(urlsplit(auth.headers["location"]).query)["code"][0]
-        token = c.post(
-            "/ehr/auth/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": redirect,
-                "client_id": client_id,
-                "code_verifier": verifier,
-            },
-        )
-        token.raise_for_status()
-        return str(token.json()["access_token"])
+    """EHR launch at the demo's sandbox EHR, then authorize (PKCE S256) and the token request:
+    ``launch.demo_client.code_flow_token``, the flow the integration tests use too."""
+    return code_flow_token(base_url, "/ehr", patient, client_id=client_id, scope=scope)
 
 
 def first_patient(base_url: str) -> str:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections import Counter
 
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import RunningDemo
+from tests.integration.test_contract_fuzz import fuzz
 from tests.integration.test_mcp import rest, token
 
 EXAMPLES = 150
@@ -27,25 +27,7 @@ def test_agent_event_operations_under_fuzzing(demo: RunningDemo) -> None:
         if r.ok().path in ("/api/agent-events",) or r.ok().path.startswith("/.well-known/oauth")
     ]
     assert len(operations) == 4
-    calls: list[tuple[str, int]] = []
-    for operation in operations:
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case: object) -> None:
-            response = case.call_and_validate(  # type: ignore[attr-defined]
-                headers=headers,
-                excluded_checks=[schemathesis.checks.positive_data_acceptance],
-            )
-            calls.append((case.operation.label, response.status_code))  # type: ignore[attr-defined]
-
-        run()
+    calls = fuzz(operations, headers, EXAMPLES)
     assert not [c for c in calls if c[1] >= 500]
     print(sorted(Counter(calls).items()))
     assert {s for _, s in calls} & {200, 201}

@@ -14,6 +14,31 @@ EXAMPLES = 200  # per operation; seeded (derandomize): the same cases every run
 STATEFUL_SCENARIOS = 60
 
 
+def fuzz(operations: list[Any], headers: dict[str, str], examples: int) -> list[tuple[str, int]]:
+    """Each operation's generated cases (seeded), sent with ``headers`` and checked against the
+    document: (operation, status) per request. Checks fail the test as they happen."""
+    calls: list[tuple[str, int]] = []
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case: Any) -> None:
+            response = case.call_and_validate(
+                headers=headers,
+                excluded_checks=[schemathesis.checks.positive_data_acceptance],
+            )
+            calls.append((case.operation.label, response.status_code))
+
+        run()
+    return calls
+
+
 def test_api_contract(patient_a: Synced) -> None:
     url = str(patient_a.client.base_url).rstrip("/") + "/openapi.json"
     schema = schemathesis.openapi.from_url(url)
@@ -22,25 +47,7 @@ def test_api_contract(patient_a: Synced) -> None:
     operations = [r.ok() for r in schema.get_all_operations()]
     operations = [op for op in operations if op.path != "/logout"]
     assert len(operations) >= 8
-    calls: list[tuple[str, int]] = []
-    for operation in operations:
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case: object) -> None:
-            response = case.call_and_validate(  # type: ignore[attr-defined]
-                headers=session,
-                excluded_checks=[schemathesis.checks.positive_data_acceptance],
-            )
-            calls.append((case.operation.label, response.status_code))  # type: ignore[attr-defined]
-
-        run()
+    calls = fuzz(operations, session, EXAMPLES)
     assert not [c for c in calls if c[1] >= 500]
     assert patient_a.client.get("/api/context").status_code == 200  # the session survived
     print(f"{len(calls)} generated requests over {len(operations)} operations")

@@ -17,9 +17,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
+from launch.demo_client import code_flow_token
 from tests.conftest import RunningDemo
 from tests.integration.conftest import Synced
-from tests.integration.helpers import HBA1C, code_flow_token, owned
+from tests.integration.helpers import HBA1C, owned
 
 TOOLS = {
     "ask",

@@ -13,11 +13,18 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import pytest
 
-from launch.demo_client import ask, follow_launch, launch_patient, session_of, sync_patient
+from launch.demo_client import (
+    ask,
+    code_flow_token,
+    follow_launch,
+    launch_patient,
+    session_of,
+    sync_patient,
+)
 from launch.sandbox.keys import SigningKey
 from tests.conftest import RunningDemo
 from tests.integration.conftest import Synced
-from tests.integration.helpers import code_flow_token, owned
+from tests.integration.helpers import owned
 
 
 def _patients(demo: RunningDemo) -> list[str]:

@@ -20,14 +20,14 @@ import pytest
 from sqlalchemy import text
 
 from launch.db import Database, create_engine
-from launch.demo_client import ask, launch_patient, sync_patient
+from launch.demo_client import ask, code_flow_token, launch_patient, sync_patient
 from launch.sandbox import SandboxStore
 from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
 from launch.settings import Settings
 from smart_app.ehrs import source_key
 from smart_app.keys import AppKeys
 from tests.conftest import migrated_scratch_database
-from tests.integration.helpers import code_flow_token, owned
+from tests.integration.helpers import owned
 
 
 @dataclass
