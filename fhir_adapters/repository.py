@@ -487,20 +487,6 @@ async def latest_sync_run(
     return _run_view(dict(row), access) if row else None
 
 
-def run_lock_key(sync_id: Any) -> Any:
-    """The advisory lock a live run holds on its own connection (released if its process dies);
-    ``sync_id`` is the run's id as text, or the ``sync_run.id`` column."""
-    return func.hashtextextended(func.cast(sync_id, Text), 0)
-
-
-async def hold_run_lock(conn: AsyncConnection, sync_id: uuid.UUID) -> None:
-    await conn.execute(select(func.pg_advisory_lock(run_lock_key(str(sync_id)))))
-
-
-async def release_run_lock(conn: AsyncConnection, sync_id: uuid.UUID) -> None:
-    await conn.execute(select(func.pg_advisory_unlock(run_lock_key(str(sync_id)))))
-
-
 async def lock_patient(conn: AsyncConnection, access: AccessFilter) -> None:
     """Serialise run bookkeeping of one patient until this transaction ends."""
     await conn.execute(
@@ -513,26 +499,30 @@ async def lock_patient(conn: AsyncConnection, access: AccessFilter) -> None:
 
 
 async def close_dead_runs(
-    conn: AsyncConnection, *, lease_seconds: float, access: AccessFilter | None = None
+    conn: AsyncConnection,
+    *,
+    lease_seconds: float,
+    access: AccessFilter | None = None,
+    keep: Iterable[uuid.UUID] = (),
 ) -> list[dict[str, Any]]:
-    """Close ``running`` runs whose process is gone as ``failed``; returns them.
+    """Close ``running`` runs whose heartbeat is older than the lease as ``failed``; returns them.
 
-    A run is dead when its heartbeat is older than the lease, or when nobody holds its advisory
-    lock (the process that ran it exited or was killed: Postgres released the lock with its
-    connection). Behind a transaction-pooling proxy locks mean nothing and the lease alone decides.
+    ``keep``: runs something else vouches for (the app's sync job queue resumes its own runs on
+    another worker instead; see ``smart_app/sync_queue.py``). What is left are runs nobody will
+    finish: an import that died, a run of an older version.
     """
     cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, lease_seconds)
-    conds = [_sync.c.status == "running"]
+    conds = [
+        _sync.c.status == "running",
+        or_(_sync.c.heartbeat_at.is_(None), _sync.c.heartbeat_at < cutoff),
+    ]
     if access is not None:
         conds.append(_patient(_sync, access))
-    dead = or_(
-        _sync.c.heartbeat_at.is_(None),
-        _sync.c.heartbeat_at < cutoff,
-        func.pg_try_advisory_xact_lock(run_lock_key(_sync.c.id)),
-    )
+    if kept := list(keep):
+        conds.append(_sync.c.id.not_in(kept))
     rows = await conn.execute(
         update(_sync)
-        .where(*conds, dead)
+        .where(*conds)
         .values(
             status="failed",
             phase="finished",

@@ -43,6 +43,7 @@ from smart_app.ehrs import EhrRegistration, EhrRegistry, normalise_iss
 from smart_app.guard import Guard, GuardConfig, origin
 from smart_app.keys import AppKeys
 from smart_app.pages import page_csp
+from smart_app.rate_limit import RateLimiter
 from smart_app.routes_stream import router as stream_router
 
 log = logging.getLogger("chartcite")
@@ -121,6 +122,9 @@ def app_config(settings: Settings) -> AppConfig:
         token_check_seconds=settings.token_check_seconds,
         sync_page_size=settings.sync_page_size,
         sync_lease_seconds=settings.sync_lease_seconds,
+        sync_poll_seconds=settings.sync_poll_seconds,
+        sync_concurrency=settings.sync_concurrency,
+        sync_max_attempts=settings.sync_max_attempts,
         sync_full_every_seconds=settings.sync_full_every_hours * 3600,
         fhir_retry=fhir_retry(settings),
     )
@@ -190,6 +194,12 @@ def create_app(
 ) -> FastAPI:
     """Build the app; nothing is opened until the lifespan runs."""
 
+    limiter = RateLimiter(
+        session_per_minute=settings.rate_limit_session_per_minute,
+        client_per_minute=settings.rate_limit_client_per_minute,
+        shared=settings.rate_limit_store == "postgres",
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = database or open_database(settings)
@@ -221,6 +231,7 @@ def create_app(
                 state.jobs = SyncJobs(state)
                 state.bearer = BearerVerifier(state)
                 await state.jobs.close_dead_runs()
+                state.jobs.start_worker()  # claims queued jobs, and those of dead workers
                 checkpoints = CheckpointWriter(
                     engine,
                     audit_keyring(settings),
@@ -233,6 +244,7 @@ def create_app(
                 checkpoints.start()
                 state.llm = llm = await open_llm(settings)
                 app.state.chartcite = state
+                limiter.bind(engine)  # shared with every worker from now on
                 if on_ready is not None:
                     on_ready()
                 async with mcp.running():  # the MCP transport's task group
@@ -242,6 +254,7 @@ def create_app(
                 if llm is not None:
                     await llm.close()
         finally:
+            limiter.bind(None)
             validator.close()
             await engine.dispose()
             if database is None and db.embedded is not None:
@@ -257,7 +270,7 @@ def create_app(
     install_routes(app)
     app.include_router(stream_router)
     mcp = install_mcp(app, settings.base_url)  # /mcp: the same bearer auth as /api/*
-    app.add_middleware(Guard, config=guard_config(settings))  # outermost of ours: added last
+    app.add_middleware(Guard, config=guard_config(settings), limiter=limiter)  # outermost: last
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)
     return app

@@ -5,10 +5,14 @@
    ``--data-dir`` the embedded database is kept and reused by the next run of the same load.
 2. Ask, in-process (no HTTP): ``rag.ask.answer_question`` against the database, random patients, the
    QUESTIONS mix; sequential p50/p95, then ``--clients`` concurrent asyncio clients, each on its own
-   pooled connection (asks/s, p50/p95). Warm: every question is asked once before timing.
+   pooled connection (asks/s, p50/p95). Warm: every question is asked once before timing, and every
+   pooled connection asks once.
 3. Retrieval side by side on the same database: ``hybrid_search`` (exact per-patient scan) against
    the tutorial pattern, one global HNSW index and ``WHERE patient_id = … ORDER BY embedding <=> q
    LIMIT 5`` (pgvector 0.8 iterative scan on, as its README advises for filtered queries; and off).
+
+``--citus``: the same load copied table by table into a throw-away local Citus cluster (coordinator
+and two workers), then the same ask plan on both, side by side (``launch/bench_citus.py``).
 
 ``--stream``: instead, the demo app over real HTTP with the LLM configured against the fake
 Anthropic Messages API (``launch/sandbox/anthropic_fake.py``, answering after ``--model-seconds``):
@@ -29,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from pathlib import Path
@@ -163,11 +167,17 @@ async def load_charts(
     return loaded, False
 
 
+#: What must be the same on every backend: statements (text, cited ids), then the cited ids.
+Fingerprint = tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]]
+
+
 @dataclass
 class Timings:
     server_ms: list[float]
     wall_ms: list[float]
     seconds: float
+    #: One per plan entry, in plan order (``None``: not answered).
+    answers: list[Fingerprint | None] = field(default_factory=list)
 
     def line(self, label: str) -> str:
         n = len(self.server_ms)
@@ -200,14 +210,15 @@ async def _asks(
     clients: int,
 ) -> Timings:
     """Run ``plan`` (patient, question) on ``clients`` connections, each ask in its own transaction."""
-    queue = list(reversed(plan))
+    queue = list(reversed(list(enumerate(plan))))
     server_ms: list[float] = []
     wall_ms: list[float] = []
+    answers: list[Fingerprint | None] = [None] * len(plan)
 
     async def client() -> None:
         async with engine.connect() as conn:
             while queue:
-                pid, question = queue.pop()
+                i, (pid, question) = queue.pop()
                 t = time.perf_counter()
                 async with conn.begin():
                     body = await answer_question(
@@ -215,10 +226,48 @@ async def _asks(
                     )
                 wall_ms.append((time.perf_counter() - t) * 1000)
                 server_ms.append(body.latency_ms)
+                statements = tuple((s.text, tuple(s.citations)) for s in body.statements)
+                answers[i] = (statements, tuple(sorted(body.citations)))
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return Timings(server_ms, wall_ms, time.perf_counter() - started)
+    return Timings(server_ms, wall_ms, time.perf_counter() - started, answers)
+
+
+@dataclass(frozen=True)
+class Phases:
+    sequential: Timings
+    concurrent: Timings
+    #: The untimed warm-up asks (ms around answer_question + commit): what a cold start costs.
+    warm_ms: list[float]
+
+
+async def ask_phases(
+    engine: AsyncEngine,
+    embedder: Embedder,
+    loaded: Loaded,
+    rng: random.Random,
+    *,
+    asks: int,
+    clients: int,
+) -> Phases:
+    """Untimed: every question once, then every pooled connection on several patients; then
+    ``asks`` sequential and ``asks`` concurrent asks. The (patient, question) plan comes from
+    ``rng`` (the warm-up draws the same), so one seed gives one plan."""
+    warm = [(rng.choice(loaded.patients), q) for q in QUESTIONS]
+    first = await _asks(engine, embedder, loaded, warm, 1)
+    # A new connection is cold too (catalog caches; on Citus, a connection of its own to each
+    # worker, opened on first use): each one asks about several patients before the timing.
+    n, spread = len(loaded.patients), len(QUESTIONS) * clients
+    around = [(loaded.patients[i % n], QUESTIONS[i % len(QUESTIONS)]) for i in range(spread)]
+    second = await _asks(engine, embedder, loaded, around, clients)
+
+    def plan() -> list[tuple[str, str]]:
+        return [(rng.choice(loaded.patients), QUESTIONS[i % len(QUESTIONS)]) for i in range(asks)]
+
+    sequential = await _asks(engine, embedder, loaded, plan(), 1)
+    concurrent = await _asks(engine, embedder, loaded, plan(), clients)
+    return Phases(sequential, concurrent, first.wall_ms + second.wall_ms)
 
 
 async def _retrieval(database: Database, loaded: Loaded, pairs: list[Probe]) -> list[str]:
@@ -308,19 +357,12 @@ async def _bench(
         print(
             f"question embedding: model {cold:.1f} ms, cached {(time.perf_counter() - t) * 1000:.3f} ms"
         )
-        warm = [(rng.choice(loaded.patients), q) for q in QUESTIONS]
-        await _asks(engine, embedder, loaded, warm, 1)
-
-        def plan() -> list[tuple[str, str]]:
-            return [
-                (rng.choice(loaded.patients), QUESTIONS[i % len(QUESTIONS)]) for i in range(asks)
-            ]
-
-        sequential = await _asks(engine, embedder, loaded, plan(), 1)
-        print(sequential.line("sequential (1 client)"))
-        concurrent = await _asks(engine, embedder, loaded, plan(), clients)
+        phases = await ask_phases(engine, embedder, loaded, rng, asks=asks, clients=clients)
+        print(phases.sequential.line("sequential (1 client)"))
         print(
-            concurrent.line(f"concurrent ({clients} in-process asyncio clients, a connection each)")
+            phases.concurrent.line(
+                f"concurrent ({clients} in-process asyncio clients, a connection each)"
+            )
         )
         vectors = embedder.embed(list(QUESTIONS))
         pairs = [
@@ -338,7 +380,7 @@ async def _bench(
 
 
 @contextmanager
-def _database(data_dir: Path | None) -> Iterator[tuple[Database, Settings]]:
+def scratch_database(data_dir: Path | None) -> Iterator[tuple[Database, Settings]]:
     """The embedded database in ``data_dir`` (kept), or in a temporary folder (removed after)."""
     with tempfile.TemporaryDirectory(prefix="ccb-", dir="/tmp") as tmp:
         settings = scratch_settings(data_dir or Path(tmp), **UNLIMITED)
@@ -351,6 +393,25 @@ def _database(data_dir: Path | None) -> Iterator[tuple[Database, Settings]]:
                 database.embedded.cleanup()
 
 
+def prepare(
+    database: Database, settings: Settings, *, patients: int, seed: int, data: Path | None
+) -> Loaded:
+    """Migrate the database and load the bench charts into it (or find them there), saying which."""
+    print(f"database: {database.describe()}", flush=True)
+    asyncio.run(upgrade_database(database))
+    loaded, reused = asyncio.run(
+        load_charts(database, settings, patients=patients, seed=seed, data=data)
+    )
+    if reused:
+        print(
+            f"reused the load {loaded.key} of {loaded.today} ({len(loaded.patients)} patients, "
+            f"loaded in {loaded.load_seconds:.1f} s then)"
+        )
+    else:
+        print(f"loaded {len(loaded.patients)} patients in {loaded.load_seconds:.1f} s")
+    return loaded
+
+
 def run(
     *,
     asks: int = 500,
@@ -360,19 +421,8 @@ def run(
     clients: int = 20,
     seed: int = 7,
 ) -> int:
-    with _database(data_dir) as (database, settings):
-        print(f"database: {database.describe()}", flush=True)
-        asyncio.run(upgrade_database(database))
-        loaded, reused = asyncio.run(
-            load_charts(database, settings, patients=patients, seed=seed, data=data)
-        )
-        if reused:
-            print(
-                f"reused the load {loaded.key} of {loaded.today} ({len(loaded.patients)} patients, "
-                f"loaded in {loaded.load_seconds:.1f} s then)"
-            )
-        else:
-            print(f"loaded {len(loaded.patients)} patients in {loaded.load_seconds:.1f} s")
+    with scratch_database(data_dir) as (database, settings):
+        loaded = prepare(database, settings, patients=patients, seed=seed, data=data)
         if asks > 0:
             asyncio.run(_bench(database, settings, loaded, asks=asks, clients=clients, seed=seed))
     return 0
@@ -389,7 +439,7 @@ def run_stream(*, asks: int, patients: int, seed: int, model_seconds: float) -> 
     from launch.sandbox.anthropic_fake import FakeAnthropic
     from launch.server import BackgroundServer, build_demo, free_port
 
-    with _database(None) as (database, settings):
+    with scratch_database(None) as (database, settings):
         asyncio.run(upgrade_database(database))
         fake = FakeAnthropic(api_key="bench-key")
         fake.configure(mode="faithful", latency_seconds=model_seconds)
@@ -472,18 +522,46 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--model-seconds", type=float, default=1.0, help="with --stream: the fake model's latency"
     )
+    p.add_argument(
+        "--citus",
+        action="store_true",
+        help="also copy the load into a throw-away local Citus cluster (coordinator + 2 workers) "
+        "and ask the same plan on both: single node vs Citus side by side (no retrieval phase)",
+    )
+    p.add_argument(
+        "--citus-cache",
+        help="with --citus: the built PostgreSQL + Citus (default: ~/.cache/chartcite/citus)",
+    )
+    p.add_argument(
+        "--citus-tarball",
+        help="with --citus: the Citus source to build from when not built yet "
+        "(default: ../shared/vendor/citus-14.0.1.tar.gz)",
+    )
     args = p.parse_args(argv)
+    common: dict[str, Any] = {
+        "asks": args.asks,
+        "patients": args.patients,
+        "data": Path(args.data) if args.data else None,
+        "data_dir": Path(args.data_dir) if args.data_dir else None,
+        "clients": args.clients,
+        "seed": args.seed,
+    }
+    if args.citus:
+        from launch import bench_citus
+
+        if args.asks <= 0 or args.stream:
+            p.error("--citus needs --asks > 0 and no --stream")
+        return bench_citus.run(
+            **common,
+            cache=Path(args.citus_cache) if args.citus_cache else bench_citus.default_cache(),
+            tarball=Path(args.citus_tarball)
+            if args.citus_tarball
+            else bench_citus.default_tarball(),
+        )
     if args.stream:
         patients = args.patients if "--patients" in argv else 5
         asks = args.asks if "--asks" in argv else 100
         return run_stream(
             asks=asks, patients=patients, seed=args.seed, model_seconds=args.model_seconds
         )
-    return run(
-        asks=args.asks,
-        patients=args.patients,
-        data=Path(args.data) if args.data else None,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        clients=args.clients,
-        seed=args.seed,
-    )
+    return run(**common)

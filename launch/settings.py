@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     0: none)."""
     rate_limit_client_per_minute: int = 3000
     """Requests per client address per moving minute on /api/* (generous: a hospital NAT)."""
+    rate_limit_store: Literal["postgres", "memory"] = "postgres"
+    """Where the counts live: ``postgres`` (shared by every app process behind one address) or
+    ``memory`` (each process its own: N workers then allow N times the limit)."""
     audit_key: SecretStr | None = None
     """Base64 of 32 bytes; signs audit checkpoints (HMAC-SHA256). Unset: derived from the token
     key with HKDF (``smart_app/audit_anchor.py``). Never stored in the database."""
@@ -151,7 +154,14 @@ class Settings(BaseSettings):
     """Re-syncs within this of the last complete full sync (same or fewer scopes) are incremental;
     the next one after it is full again, which also removes what the EHR deleted."""
     sync_lease_seconds: float = 30.0
-    """A running sync beats every third of this; one silent for longer is closed ``failed``."""
+    """A running sync's worker extends its lease every third of this; a job whose lease ran out
+    (or whose worker's database connection is gone) is claimed by another worker and resumed."""
+    sync_poll_seconds: float = 2.0
+    """How often each app process looks for sync jobs nobody holds."""
+    sync_concurrency: int = 4
+    """Syncs one app process runs at once; more wait in the queue for any worker."""
+    sync_max_attempts: int = 3
+    """Claims of one sync job (a worker died holding it) before the run is closed ``failed``."""
     fhir_request_timeout_seconds: float = 30.0
     fhir_retry_attempts: int = 5
     """Tries per FHIR request on 429/502/503/504, timeouts, resets and truncated JSON."""

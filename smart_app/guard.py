@@ -8,9 +8,9 @@ uvicorn, whose own handler prints a full traceback (with SQL parameters, hence P
   control character (NUL, ESC, …) or a lone surrogate, is answered 422 before any routing.
 - **Body size**: ``Content-Length`` above the limit → 413 at once; a chunked body is counted as it
   arrives and cut off at the limit.
-- **Rate limits**: a moving one-minute window per session (``X-Chartcite-Session`` or the bearer
-  token, by hash) and per client address, on ``/api/*``; over the limit → 429 with
-  ``Retry-After``.
+- **Rate limits**: a one-minute window per session (``X-Chartcite-Session`` or the bearer
+  token, by hash) and per client address, on ``/api/*`` and ``/mcp``, shared by every app process
+  through Postgres (``smart_app/rate_limit.py``); over the limit → 429 with ``Retry-After``.
 - **Failures**: any exception becomes a 500 with a reference id; the log line names the reference,
   the method, the route template and the exception class — never the URL, the body or the message.
 - **Headers**: ``X-Content-Type-Options: nosniff`` everywhere; ``Cache-Control: no-store`` on the
@@ -20,14 +20,11 @@ uvicorn, whose own handler prints a full traceback (with SQL parameters, hence P
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import time
 import unicodedata
 import uuid
-from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +33,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smart_app.pages import error_page
+from smart_app.rate_limit import RateLimiter
 
 log = logging.getLogger("chartcite.errors")
 BROWSER_PATHS = ("/launch", "/callback")
@@ -49,7 +47,6 @@ OWN_PREFIXES = (
     "/healthz",
     "/readyz",
 )
-WINDOW = 60.0
 
 
 @dataclass(frozen=True)
@@ -85,41 +82,19 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class MovingWindow:
-    """Requests per key in the last minute (bounded number of keys, oldest forgotten first)."""
-
-    def __init__(self, limit: int, max_keys: int = 100_000) -> None:
-        self.limit = limit
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
-        self._max_keys = max_keys
-
-    def hit(self, key: str, now: float) -> float | None:
-        """Count one request; ``None`` if allowed, else the seconds until the next is."""
-        if self.limit <= 0:  # 0: no limit (benchmarks, tests that poll hard)
-            return None
-        hits = self._hits.get(key)
-        if hits is None:
-            hits = self._hits[key] = deque()
-            if len(self._hits) > self._max_keys:
-                self._hits.popitem(last=False)
-        else:
-            self._hits.move_to_end(key)
-        while hits and hits[0] <= now - WINDOW:
-            hits.popleft()
-        if len(hits) >= self.limit:
-            return max(1.0, hits[0] + WINDOW - now)
-        hits.append(now)
-        return None
-
-
 class Guard:
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp, config: GuardConfig) -> None:
+    def __init__(
+        self, app: ASGIApp, config: GuardConfig, limiter: RateLimiter | None = None
+    ) -> None:
         self.app = app
         self.config = config
-        self.sessions = MovingWindow(config.session_per_minute)
-        self.clients = MovingWindow(config.client_per_minute)
+        self.limiter = limiter or RateLimiter(
+            session_per_minute=config.session_per_minute,
+            client_per_minute=config.client_per_minute,
+            shared=False,
+        )
         ancestors = " ".join(("'self'", *config.frame_ancestors))
         self._page_csp = (
             config.page_csp or "default-src 'self'"
@@ -148,8 +123,10 @@ class Guard:
             if too_big and own:
                 await self._error(scope, send, 413, "body_too_large", self._too_big())
                 return
-        if path.startswith(("/api", "/mcp")):
-            retry = self._rate(scope, headers)
+        if path.startswith(("/api", "/mcp")) and self.limiter.active:
+            client = scope.get("client")
+            who = headers.get(b"x-chartcite-session") or headers.get(b"authorization")
+            retry = await self.limiter.hit(client[0] if client else "unknown", who)
             if retry is not None:
                 await self._error(
                     scope,
@@ -222,18 +199,6 @@ class Guard:
 
     def _too_big(self) -> str:
         return f"the request body is larger than {self.config.max_body_bytes} bytes"
-
-    def _rate(self, scope: Scope, headers: dict[bytes, bytes]) -> float | None:
-        now = time.monotonic()
-        client = scope.get("client")
-        address = client[0] if client else "unknown"
-        retry = self.clients.hit(address, now)
-        if retry is not None:
-            return retry
-        who = headers.get(b"x-chartcite-session") or headers.get(b"authorization")
-        if who:
-            return self.sessions.hit(hashlib.sha256(who).hexdigest(), now)
-        return None
 
     def _headers(
         self, path: str, headers: Iterable[tuple[bytes, bytes]]

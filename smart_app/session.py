@@ -81,7 +81,8 @@ def access_for(scopes: GrantedScopes, source: str, patient_id: str) -> AccessFil
     return AccessFilter(source, patient_id, frozenset(types), categories)
 
 
-def _context(row: Any) -> SessionContext:
+def session_context(row: Any) -> SessionContext:
+    """The session of an ``app_session`` row."""
     scopes = GrantedScopes.parse(row.granted_scope)
     return SessionContext(
         id_hash=row.id_hash,
@@ -147,7 +148,7 @@ async def _bearer_session(state: AppState, request: Request, token: str) -> Sess
             )
             row = await repo.get_session(conn, id_hash)
     assert row is not None
-    return _context(row)
+    return session_context(row)
 
 
 async def current_session(request: Request) -> SessionContext:
@@ -172,7 +173,7 @@ async def current_session(request: Request) -> SessionContext:
         row, _ = await live_access_token(state, sha256_hex(raw), check=True)
         if not row.patient_id:
             raise Forbidden("this session has no patient context", code="no_patient_context")
-        ctx = _context(row)
+        ctx = session_context(row)
     expected = request.headers.get(PATIENT_HEADER)
     if expected is not None and expected.removeprefix("Patient/") != ctx.patient_id:
         async with state.engine.begin() as conn:

@@ -36,6 +36,12 @@ class AppConfig:
     """How long an introspected bearer token's answer is reused (never past its ``exp``)."""
     sync_page_size: int = 200
     sync_lease_seconds: float = 30.0
+    sync_poll_seconds: float = 2.0
+    """How often a worker looks for sync jobs nobody holds (its own start one at once)."""
+    sync_concurrency: int = 4
+    """Syncs one app process runs at a time; more wait in the queue for any worker."""
+    sync_max_attempts: int = 3
+    """Claims of one sync job (each worker that died holding it counts) before it is failed."""
     sync_full_every_seconds: float = 24 * 3600.0
     fhir_retry: RetryPolicy = field(default_factory=RetryPolicy)
 

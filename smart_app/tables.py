@@ -1,12 +1,23 @@
-"""App tables: single-use launch state, server-side sessions (tokens encrypted) and the audit chain."""
+"""App tables: single-use launch state, server-side sessions (tokens encrypted), the audit chain,
+the sync job queue and the shared rate-limit windows."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, LargeBinary, Text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlmodel import Field, SQLModel
 
 
@@ -82,6 +93,8 @@ class AgentEvent(SQLModel, table=True):
     recorded it, so each event is a link of the audit chain."""
 
     __tablename__ = "agent_event"
+    # Per patient, so that the constraint holds the distribution column (migration 0007).
+    __table_args__ = (UniqueConstraint("source", "patient_id", "audit_hash"),)
     source: str = Field(sa_column=Column(Text, primary_key=True))
     patient_id: str = Field(sa_column=Column(Text, primary_key=True))
     id: str = Field(sa_column=Column(Text, primary_key=True))
@@ -98,4 +111,34 @@ class AgentEvent(SQLModel, table=True):
     actor: str | None = Field(default=None, sa_column=Column(Text))
     client_id: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime | None = _ts(False)
-    audit_hash: str = Field(sa_column=Column(Text, nullable=False, unique=True))
+    audit_hash: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class SyncJob(SQLModel, table=True):
+    """A queued or running sync (``smart_app/sync_queue.py``); its id is the ``sync_run`` id.
+
+    Any app process may claim it (``FOR UPDATE SKIP LOCKED``), holds it by a lease it extends
+    while it runs, and fences every write on (``lease_owner``, ``attempts``)."""
+
+    __tablename__ = "sync_job"
+    id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    patient_id: str = Field(sa_column=Column(Text, nullable=False))
+    session_hash: str = Field(sa_column=Column(Text, nullable=False))
+    mode: str = Field(sa_column=Column(Text, nullable=False))
+    since: datetime | None = _ts()
+    created_at: datetime | None = _ts(False)
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    lease_owner: str | None = Field(default=None, sa_column=Column(Text))
+    lease_until: datetime | None = _ts()
+    locked: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
+    finished_at: datetime | None = _ts()
+
+
+class RateWindow(SQLModel, table=True):
+    """Requests counted per limiter key and minute, shared by every app process (UNLOGGED)."""
+
+    __tablename__ = "rate_window"
+    key: str = Field(sa_column=Column(Text, primary_key=True))
+    window_start: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    hits: int = Field(sa_column=Column(Integer, nullable=False))

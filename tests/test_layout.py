@@ -85,8 +85,6 @@ WRITE_OR_HOUSEKEEPING = {
     "create_sync_run",
     "update_sync_run",
     "close_dead_runs",
-    "hold_run_lock",
-    "release_run_lock",
     "known_concepts",
     "add_concepts",
 }

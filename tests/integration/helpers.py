@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 from launch.sandbox import SandboxStore
@@ -48,3 +49,15 @@ def hba1c_patient(store: SandboxStore) -> str:
         if HBA1C in codes(obs) and (pid := patient_ref(obs)):
             counts[pid] = counts.get(pid, 0) + 1
     return max(sorted(counts), key=lambda p: counts[p])
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL after 30 s."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)

@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from sqlalchemy.engine import Engine
 from launch import citus
 from launch.db import Database, create_engine, head_revision
 from launch.demo_client import ask, launch_patient, sync_patient
-from launch.server import BackgroundServer, build_demo, free_port, sandbox_store
+from launch.server import BackgroundServer, build_demo, free_port, free_port_range, sandbox_store
 from launch.settings import Settings, default_data_dir
 from tests.integration.helpers import hba1c_patient
 
@@ -55,22 +54,6 @@ def _why_not() -> str | None:
 
 _REASON = _why_not()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-
-
-def _free_base(count: int = 3) -> int:
-    """A port with ``count - 1`` free ports after it."""
-    for _ in range(50):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 @dataclass
@@ -100,7 +83,7 @@ def cluster() -> Iterator[Cluster]:
     started = time.monotonic()
     citus.build(TARBALL, layout)
     build_seconds = time.monotonic() - started
-    port = _free_base()
+    port = free_port_range(3)
     try:
         citus.start(layout, base_port=port)
         yield Cluster(layout, port, build_seconds, data_dir)
@@ -205,6 +188,11 @@ def app_run(cluster: Cluster, upgraded: Any) -> Iterator[AppRun]:
         cited = sorted(answer["citations"])
         assert client.get(f"/api/resources/{cited[0]}").status_code == 200
         assert client.get("/api/audit").status_code == 200
+        assert client.get(f"/api/sync/{status['id']}").status_code == 200
+        note = {"agent": "summary-agent", "type": "summary", "payload": {"text": "ok"}}
+        note["refs"] = cited[:1]
+        assert client.post("/api/agent-events", json=note).status_code == 201
+        assert client.get("/api/agent-events").json()["events"], "the event was not read back"
     finally:
         client.close()
         event.remove(Engine, "before_cursor_execute", record)
@@ -220,6 +208,8 @@ CHART_QUERIES = {
     "answers": re.compile(r"\bFROM answer\b"),
     "resources": re.compile(r"\bFROM fhir_resource\b"),
     "audit reads": re.compile(r"\bFROM audit_event\b.*\bpatient_id\b", re.DOTALL),
+    "sync runs": re.compile(r"\bFROM sync_run\b"),
+    "agent events": re.compile(r"\bFROM agent_event\b"),
 }
 TASKS = re.compile(r"Task Count: (\d+)")
 #: Sync-time "which facts still need chunks" checks (``fhir_adapters.repository._needs_index``):
@@ -309,3 +299,15 @@ def test_audit_chain_verifies_on_citus(cluster: Cluster, app_run: AppRun) -> Non
     run = cluster.chartcite("audit", "verify", "--dev")
     assert run.returncode == 0, run.stdout[-1000:] + run.stderr[-2000:]
     assert "audit chain OK" in run.stdout
+
+
+def test_agent_events_stay_append_only_on_the_shards(cluster: Cluster, app_run: AppRun) -> None:
+    assert _query(cluster, "SELECT count(*) FROM agent_event")[0][0] >= 1
+    for statement in (
+        "UPDATE agent_event SET agent = 'someone-else'",
+        "DELETE FROM agent_event",
+        "TRUNCATE agent_event",
+    ):
+        with pytest.raises(Exception, match="append-only"):
+            _query(cluster, statement)
+    assert _query(cluster, "SELECT count(*) FROM agent_event")[0][0] >= 1

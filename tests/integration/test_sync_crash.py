@@ -1,9 +1,10 @@
 """``kill -9`` of a real ``chartcite demo`` process mid-fetch and mid-indexing, then a restart.
 
 The server runs as a subprocess on its own database. After the kill the run is left ``running`` in
-Postgres; the restarted server must close it ``failed`` (its advisory lock died with the process),
-audit that, start a new run on ``POST /api/sync`` at once, and end with a store equal to a clean
-sync of the same patient.
+Postgres with its job held by the dead process; the restarted server must claim the job at once
+(the dead owner's advisory lock went with its connection — no waiting for the lease), resume the
+same run to ``done``, audit the resumption, and end with a store equal to a clean sync of the same
+patient. (Another live worker taking over is tests/integration/test_citus_workers.py.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from launch.demo_client import launch_patient, sync_patient
 from launch.server import free_port
 from smart_app.ehrs import source_key
 from tests.conftest import ROOT, migrated_scratch_database
+from tests.integration.helpers import stop_process
 from tests.integration.test_sync_faults import query
 
 PATIENT = "pat-0001"
@@ -76,13 +78,8 @@ class Server:
         assert not alive, [p.pid for p in alive]
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None
 
 
 @pytest.fixture
@@ -139,18 +136,22 @@ def _start_and_wait(client: httpx2.Client, until: Any, timeout: float = 60) -> d
 def _recover_and_compare(s: Server, client: httpx2.Client, dead: dict[str, Any]) -> dict[str, Any]:
     """Restart, re-sync, and compare with a clean sync of the same patient; returns the store."""
     s.start()
-    closed = client.get(f"/api/sync/{dead['id']}").json()
-    assert closed["status"] == "failed" and "stopped" in closed["error"], closed
     started = time.monotonic()
-    again = sync_patient(client, timeout=120)
-    assert again["id"] != dead["id"] and again["status"] == "done", again
+    # POST /api/sync now names the same run: it is being resumed, not started again.
+    assert client.post("/api/sync", json={}).json()["id"] == dead["id"]
+    deadline = time.monotonic() + 120
+    while (again := client.get(f"/api/sync/{dead['id']}").json())["status"] == "running":
+        assert time.monotonic() < deadline, again
+        time.sleep(0.05)
+    assert again["status"] == "done", again
     recovered = _store(s)
-    audit = query(
+    outcomes = query(
         s.db,
-        "SELECT detail FROM audit_event WHERE outcome = 'failed' AND detail->>'sync_id' = :i",
+        "SELECT outcome, detail->>'attempt' FROM audit_event "
+        "WHERE action = 'sync' AND detail->>'sync_id' = :i ORDER BY seq",
         i=dead["id"],
     )
-    assert len(audit) == 1
+    assert [tuple(o) for o in outcomes] == [("started", None), ("resumed", "2"), ("done", None)]
     # The same patient synced cleanly from nothing, on the same server, is the reference.
     _wipe(s)
     clean = sync_patient(client, timeout=120, full=True)
