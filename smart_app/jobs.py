@@ -217,11 +217,25 @@ class SyncJobs:
         error = f"interrupted: the workers running this sync stopped {job.attempts - 1} times"
         await queue.give_up(conn, job.id)
         await update_sync_run(
-            conn, access, job.id, status="failed", phase="finished", error=error,
+            conn,
+            access,
+            job.id,
+            status="failed",
+            phase="finished",
+            error=error,
             finished_at=datetime.now(UTC),
-        )  # fmt: skip
-        await audit_dead_runs(conn, [{"source": job.source, "patient_id": job.patient_id,
-                                      "id": job.id, "reason": "gave up"}])  # fmt: skip
+        )
+        await audit_dead_runs(
+            conn,
+            [
+                {
+                    "source": job.source,
+                    "patient_id": job.patient_id,
+                    "id": job.id,
+                    "reason": "gave up",
+                }
+            ],
+        )
 
     async def wait_all(self) -> None:
         if self._tasks:
@@ -266,25 +280,39 @@ class SyncJobs:
             async with st.engine.begin() as conn:
                 await queue.finish(conn, job, self.owner)
                 await update_sync_run(
-                    conn, access, job.id, status="failed", phase="finished", error=exc.message,
-                    finished_at=datetime.now(UTC), heartbeat_at=datetime.now(UTC),
-                )  # fmt: skip
+                    conn,
+                    access,
+                    job.id,
+                    status="failed",
+                    phase="finished",
+                    error=exc.message,
+                    finished_at=datetime.now(UTC),
+                    heartbeat_at=datetime.now(UTC),
+                )
                 await repo.append_audit(
                     conn,
-                    AuditRecord("sync", "failed", actor="chartcite", source=job.source,
-                                patient_id=job.patient_id,
-                                detail={"sync_id": str(job.id), "reason": exc.code}),
-                )  # fmt: skip
+                    AuditRecord(
+                        "sync",
+                        "failed",
+                        actor="chartcite",
+                        source=job.source,
+                        patient_id=job.patient_id,
+                        detail={"sync_id": str(job.id), "reason": exc.code},
+                    ),
+                )
             return
         if job.attempts > 1:
             async with st.engine.begin() as conn:
                 await repo.append_audit(
                     conn,
                     session.audit_record(
-                        "sync", "resumed", sync_id=str(job.id), attempt=job.attempts,
+                        "sync",
+                        "resumed",
+                        sync_id=str(job.id),
+                        attempt=job.attempts,
                         worker=self.owner.rsplit(":", 1)[0],
                     ),
-                )  # fmt: skip
+                )
         await self._run(job, session)
 
     async def _access_token(self, session: SessionContext, *, force_refresh: bool = False) -> str:
