@@ -60,7 +60,7 @@ COORDINATOR_LOCAL = ("launch_state", "app_session", "audit_event", "audit_checkp
 CENTRAL_PATIENT: tuple[str, ...] = ()
 #: Plain tables on the coordinator, outside Citus' metadata. ``sync_job``: the queue every worker
 #: polls (``FOR UPDATE SKIP LOCKED`` across all patients' jobs at once; one small table, one node).
-#: ``rate_window``: UNLOGGED request counters, which Citus cannot add to its metadata.
+#: ``rate_window``: UNLOGGED request counters, bumped on the coordinator; nothing joins them.
 PLAIN_LOCAL = ("sync_job", "rate_window")
 DISTRIBUTION_COLUMN = "patient_id"
 
