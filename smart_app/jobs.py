@@ -88,6 +88,24 @@ async def audit_dead_runs(conn: AsyncConnection, closed: list[dict[str, Any]]) -
         )
 
 
+async def _close_failed(conn: AsyncConnection, job: Job, *, error: str, reason: str) -> None:
+    """Close a job's run ``failed`` without running it (given up, or its session is gone)."""
+    access = AccessFilter(job.source, job.patient_id, frozenset())
+    now = datetime.now(UTC)
+    await update_sync_run(
+        conn,
+        access,
+        job.id,
+        status="failed",
+        phase="finished",
+        error=error,
+        finished_at=now,
+        heartbeat_at=now,
+    )
+    run = {"source": job.source, "patient_id": job.patient_id, "id": job.id, "reason": reason}
+    await audit_dead_runs(conn, [run])
+
+
 class SyncJobs:
     """This process's share of the sync queue: claims jobs, runs them as asyncio tasks."""
 
@@ -169,10 +187,7 @@ class SyncJobs:
                     "sync", "started", sync_id=str(sync_id), mode=mode, scopes=str(session.scopes)
                 ),
             )
-        if len(self._tasks) < self.state.config.sync_concurrency:
-            await self._claim(only=sync_id)
-        else:
-            self._wake.set()
+        await self._claim(only=sync_id)  # no free slot here: it waits for any worker's poll
         return sync_id
 
     def start_worker(self) -> None:
@@ -213,29 +228,9 @@ class SyncJobs:
                 task.add_done_callback(lambda _t, i=job.id: self._tasks.pop(i, None))
 
     async def _give_up(self, conn: AsyncConnection, job: Job) -> None:
-        access = AccessFilter(job.source, job.patient_id, frozenset())
-        error = f"interrupted: the workers running this sync stopped {job.attempts - 1} times"
         await queue.give_up(conn, job.id)
-        await update_sync_run(
-            conn,
-            access,
-            job.id,
-            status="failed",
-            phase="finished",
-            error=error,
-            finished_at=datetime.now(UTC),
-        )
-        await audit_dead_runs(
-            conn,
-            [
-                {
-                    "source": job.source,
-                    "patient_id": job.patient_id,
-                    "id": job.id,
-                    "reason": "gave up",
-                }
-            ],
-        )
+        error = f"interrupted: the workers running this sync stopped {job.attempts - 1} times"
+        await _close_failed(conn, job, error=error, reason="gave up")
 
     async def wait_all(self) -> None:
         if self._tasks:
@@ -276,30 +271,9 @@ class SyncJobs:
             if (session.source, session.patient_id) != (job.source, job.patient_id):
                 raise AppError("the sync's session is for another patient")
         except AppError as exc:  # the session ended (logout, revoked): nobody can read with it
-            access = AccessFilter(job.source, job.patient_id, frozenset())
             async with st.engine.begin() as conn:
                 await queue.finish(conn, job, self.owner)
-                await update_sync_run(
-                    conn,
-                    access,
-                    job.id,
-                    status="failed",
-                    phase="finished",
-                    error=exc.message,
-                    finished_at=datetime.now(UTC),
-                    heartbeat_at=datetime.now(UTC),
-                )
-                await repo.append_audit(
-                    conn,
-                    AuditRecord(
-                        "sync",
-                        "failed",
-                        actor="chartcite",
-                        source=job.source,
-                        patient_id=job.patient_id,
-                        detail={"sync_id": str(job.id), "reason": exc.code},
-                    ),
-                )
+                await _close_failed(conn, job, error=exc.message, reason=exc.code)
             return
         if job.attempts > 1:
             async with st.engine.begin() as conn:

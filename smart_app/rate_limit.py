@@ -4,7 +4,9 @@ A sliding-window counter: one row per (key, minute) in ``rate_window`` (UNLOGGED
 one ``INSERT … ON CONFLICT DO UPDATE`` for all of a request's keys at once; the estimate is this
 minute's count plus the previous minute's, weighted by how much of it is still inside the last
 60 seconds. Several workers behind one address therefore hold a caller to one limit, not one per
-worker. Refused requests count too: a caller that keeps hammering stays refused.
+worker. Refused requests count too: a caller that keeps hammering stays refused. The estimate is
+an approximation: a burst that straddles a minute boundary may pass a few percent over the limit
+(the previous minute's count is weighted by time, not known per request).
 
 Keys are hashes (a session's id, a client address), never the values. Until the app's engine is
 bound — and whenever the database does not answer — the process's own moving window decides, so
@@ -107,7 +109,9 @@ class RateLimiter:
         return self.client.per_minute > 0 or self.session.per_minute > 0
 
     def bind(self, engine: AsyncEngine | None) -> None:
-        self._engine = engine if self.shared else None
+        # Autocommit: the bump is one statement, one round trip (no BEGIN/COMMIT around it).
+        shared = engine is not None and self.shared
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT") if shared else None
 
     async def hit(self, address: str, who: bytes | None) -> float | None:
         """Count a request of ``address`` (and of the session/token ``who``); ``None`` if it is
@@ -134,7 +138,7 @@ class RateLimiter:
         assert self._engine is not None
         named = {f"{limit.prefix}:{key}": limit for limit, key in keys}
         self._calls += 1
-        async with self._engine.begin() as conn:
+        async with self._engine.connect() as conn:
             rows = (await conn.execute(_BUMP, {"keys": sorted(named)})).all()
             if self._calls % PRUNE_EVERY == 0:
                 await conn.execute(_PRUNE)
@@ -144,6 +148,11 @@ class RateLimiter:
             if (w := sliding_retry(hits, prev, elapsed, named[key].per_minute)) is not None
         ]
         return max(waits) if waits else None
+
+
+def seconds_into_minute() -> float:
+    """Where the wall clock is in its minute (the windows start on whole minutes)."""
+    return time.time() % WINDOW
 
 
 def _hash(value: bytes) -> str:

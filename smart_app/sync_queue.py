@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhir_adapters import AccessFilter
@@ -223,17 +223,7 @@ async def prune(conn: AsyncConnection, *, older_than_days: float = 7.0) -> int:
 
 async def job_state(conn: AsyncConnection, job_id: uuid.UUID) -> dict[str, Any] | None:
     """The job's queue columns (for tests and diagnostics; no session hash)."""
-    row = (
-        (
-            await conn.execute(
-                text(
-                    "SELECT attempts, lease_owner, lease_until, locked, finished_at "
-                    "FROM sync_job WHERE id = :i"
-                ),
-                {"i": job_id},
-            )
-        )
-        .mappings()
-        .one_or_none()
-    )
+    columns = ("attempts", "lease_owner", "lease_until", "locked", "finished_at")
+    query = select(*[_job.c[name] for name in columns]).where(_job.c.id == job_id)
+    row = (await conn.execute(query)).mappings().one_or_none()
     return dict(row) if row else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from typing import Any
 
 from launch.sandbox import SandboxStore
@@ -61,3 +62,12 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def within_one_minute_window(seconds: float) -> None:
+    """Wait, if needed, until ``seconds`` fit before the next whole minute: an exact count of a
+    shared rate limit is only promised inside one window (``smart_app/rate_limit.py``)."""
+    from smart_app.rate_limit import WINDOW, seconds_into_minute
+
+    if (into := seconds_into_minute()) > WINDOW - seconds:
+        time.sleep(WINDOW - into + 0.5)

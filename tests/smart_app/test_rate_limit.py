@@ -7,6 +7,7 @@ import asyncio
 from launch.db import Database, create_engine, upgrade
 from smart_app.rate_limit import RateLimiter, sliding_retry
 from tests.conftest import scratch_database
+from tests.integration.helpers import within_one_minute_window
 
 
 def _limiter(shared: bool, per_minute: int = 10) -> RateLimiter:
@@ -34,6 +35,7 @@ def test_two_processes_share_one_limit_through_postgres(database: Database) -> N
         finally:
             await engine.dispose()
 
+    within_one_minute_window(10)
     shared, separate = asyncio.run(scenario())
     assert shared == [True] * 10 + [False] * 20
     # The control: per-process windows let each worker allow the whole limit.
